@@ -1,0 +1,192 @@
+"""The method interface and the value types that cross module boundaries.
+
+Everything a method may see is in :class:`FewShotTask`; the held-out evaluation images of the novel classes live
+elsewhere (:class:`harness.data.split.FewShotSplit`) and never reach ``fit``. ``methods/`` imports this module and
+torch only.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import pydantic
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Budget",
+    "FewShotTask",
+    "FitHooks",
+    "GenerativeMethod",
+    "LabeledImages",
+    "NullHooks",
+    "TrialDiverged",
+]
+
+
+@dataclass(frozen=True)
+class LabeledImages:
+    """Images as one in-memory tensor (float32 in [0, 1], N×C×H×W) with integer labels (N,).
+
+    Kept as tensors so that training samples batches by indexing: no per-step DataLoader overhead.
+    """
+
+    images: Tensor
+    labels: Tensor
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4:
+            raise ValueError(f"images must be N×C×H×W, got shape {tuple(self.images.shape)}")
+        if self.labels.ndim != 1 or self.labels.shape[0] != self.images.shape[0]:
+            raise ValueError(
+                f"labels must have shape ({self.images.shape[0]},), got {tuple(self.labels.shape)}"
+            )
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def classes(self) -> tuple[int, ...]:
+        return tuple(int(c) for c in torch.unique(self.labels).tolist())
+
+    def of_class(self, label: int) -> LabeledImages:
+        mask = self.labels == label
+        return LabeledImages(self.images[mask], self.labels[mask])
+
+    def subset(self, index: Tensor) -> LabeledImages:
+        return LabeledImages(self.images[index], self.labels[index])
+
+    def to(self, device: torch.device | str) -> LabeledImages:
+        return LabeledImages(self.images.to(device), self.labels.to(device))
+
+    @staticmethod
+    def concat(parts: list[LabeledImages]) -> LabeledImages:
+        return LabeledImages(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]))
+
+
+@dataclass(frozen=True)
+class FewShotTask:
+    """What a method may see: all base-class training images and ``k`` shots per novel class."""
+
+    base: LabeledImages
+    novel: LabeledImages
+    base_classes: tuple[int, ...]
+    novel_classes: tuple[int, ...]
+    image_shape: tuple[int, int, int]
+    seed: int
+
+    @property
+    def shots(self) -> int:
+        """Images per novel class (the ``k`` of k-shot)."""
+        return len(self.novel) // len(self.novel_classes) if self.novel_classes else 0
+
+    def __len__(self) -> int:
+        return len(self.base) + len(self.novel)
+
+    @property
+    def classes(self) -> tuple[int, ...]:
+        return tuple(sorted(self.base_classes + self.novel_classes))
+
+    def support(self, label: int) -> LabeledImages:
+        """All images the method has of class ``label`` (its support set)."""
+        source = self.novel if label in self.novel_classes else self.base
+        return source.of_class(label)
+
+    def to(self, device: torch.device | str) -> FewShotTask:
+        return FewShotTask(
+            self.base.to(device), self.novel.to(device), self.base_classes, self.novel_classes,
+            self.image_shape, self.seed,
+        )
+
+
+class Budget(pydantic.BaseModel):
+    """How much optimisation one fitted model gets.
+
+    ``steps`` counts generator updates (one "iteration" of the papers' algorithms); critic updates per generator update
+    are the method's business (e.g. WGAN's n_critic).
+    """
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    steps: int = pydantic.Field(ge=1, description="generator updates per fitted model")
+    batch_size: int = pydantic.Field(64, ge=1)
+    log_every: int = pydantic.Field(50, ge=1, description="steps between loss records")
+    checkpoint_every: int = pydantic.Field(0, ge=0, description="steps between checkpoints; 0 = never")
+
+
+class TrialDiverged(RuntimeError):
+    """Raised by the harness when a method reports a non-finite loss."""
+
+
+class FitHooks(Protocol):
+    """Callbacks a method calls during ``fit``; the harness decides what they do (log, checkpoint, stop)."""
+
+    def log(self, step: int, losses: dict[str, float], info: dict[str, Any] | None = None) -> None:
+        """Record the losses of generator step ``step`` (0-based); ``info`` carries facts such as the batch source."""
+
+    def checkpoint(self, step: int) -> None:
+        """Offer to checkpoint after ``step``; the harness calls ``state_dict()`` if it wants one."""
+
+
+@dataclass
+class NullHooks:
+    """Hooks that only remember what they were told (tests and quick scripts)."""
+
+    records: list[tuple[int, dict[str, float], dict[str, Any]]] = field(default_factory=list)
+    checkpoints: list[int] = field(default_factory=list)
+
+    def log(self, step: int, losses: dict[str, float], info: dict[str, Any] | None = None) -> None:
+        self.records.append((step, dict(losses), dict(info or {})))
+
+    def checkpoint(self, step: int) -> None:
+        self.checkpoints.append(step)
+
+
+class GenerativeMethod(abc.ABC):
+    """One few-shot image generation method.
+
+    Subclasses set ``name``, ``Config`` (a pydantic model whose defaults are the paper's settings), ``conditional`` and
+    ``description``. Unconditional methods (``conditional = False``) are fitted once per novel class by the harness on
+    that class's shots only, so every method can answer ``sample(labels)``.
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type[pydantic.BaseModel]]
+    conditional: ClassVar[bool]
+    description: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        config: pydantic.BaseModel,
+        image_shape: tuple[int, int, int],
+        num_classes: int,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if not isinstance(config, self.Config):
+            raise TypeError(f"{type(self).__name__} expects a {self.Config.__name__}, got {type(config).__name__}")
+        self.config = config
+        self.image_shape = tuple(image_shape)
+        self.num_classes = num_classes
+        self.device = torch.device(device)
+
+    @abc.abstractmethod
+    def fit(self, task: FewShotTask, budget: Budget, hooks: FitHooks) -> None:
+        """Train on ``task`` until ``budget.steps`` generator steps are done, reporting through ``hooks``.
+
+        A method restored with ``load_state_dict`` continues from the step it had reached (resume), so the step
+        counter is part of its state.
+        """
+
+    @abc.abstractmethod
+    def sample(self, labels: Tensor, generator: torch.Generator) -> Tensor:
+        """Return ``len(labels)`` images (n×C×H×W, float in [0, 1]) of the requested classes."""
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume ``fit`` or to ``sample`` later."""
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""

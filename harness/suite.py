@@ -1,0 +1,369 @@
+"""Suite files: the schema, loading with errors that name the file and field, and expansion into trials.
+
+A suite is pure data. ``load_suite`` checks everything that can be checked before a trial runs — types and unknown
+keys (pydantic, ``extra="forbid"``), then the cross-field rules against the dataset's metadata and the method
+registry — and reports *all* problems at once, each as ``FILE: field.path: message``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import yaml
+
+from harness.api import Budget
+from harness.data import DataSourceError, DatasetConfig, DatasetInfo, dataset_info
+from harness.registry import METHODS, UnknownNameError
+
+_STRICT = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+
+class SuiteError(ValueError):
+    """One or more problems in a suite file; ``problems`` holds ``(field_path, message)`` pairs."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = [f"{source}: {loc}: {msg}" if loc else f"{source}: {msg}" for loc, msg in problems]
+        super().__init__("\n".join(lines))
+
+
+class ProtocolConfig(pydantic.BaseModel):
+    """The few-shot protocol: which classes a method learns from in full, which from ``shots`` images each."""
+
+    model_config = _STRICT
+
+    base_classes: list[int | str] = pydantic.Field(description="classes with all their training images")
+    novel_classes: list[int | str] = pydantic.Field(min_length=1, description="classes with `shots` images each")
+    shots: list[pydantic.PositiveInt] = pydantic.Field(min_length=1, description="images per novel class")
+    seeds: list[int] = pydantic.Field(min_length=1, description="one trial per seed; the seed picks the shots")
+    eval_images_per_class: pydantic.PositiveInt | None = pydantic.Field(
+        None, description="held-out test images per novel class used for evaluation; default all"
+    )
+    base_images_per_class: pydantic.PositiveInt | None = pydantic.Field(
+        None, description="cap on base-class training images per class; default all"
+    )
+
+    @pydantic.field_validator("shots", "seeds")
+    @classmethod
+    def _unique(cls, values: list[int]) -> list[int]:
+        if len(set(values)) != len(values):
+            raise ValueError(f"values must be unique, got {values}")
+        return values
+
+
+class BudgetOverride(pydantic.BaseModel):
+    model_config = _STRICT
+
+    steps: pydantic.PositiveInt | None = None
+    batch_size: pydantic.PositiveInt | None = None
+    log_every: pydantic.PositiveInt | None = None
+    checkpoint_every: pydantic.NonNegativeInt | None = None
+
+
+class MethodEntry(pydantic.BaseModel):
+    model_config = _STRICT
+
+    name: str = pydantic.Field(description="registered method name (`harness methods` lists them)")
+    label: str | None = pydantic.Field(
+        None, pattern=r"^[A-Za-z0-9_.+-]+$", description="display name, unique in the suite; default the name"
+    )
+    params: dict[str, Any] = pydantic.Field(default_factory=dict, description="fields of the method's Config")
+    budget: BudgetOverride | None = pydantic.Field(None, description="overrides of the suite budget")
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+
+class EvaluationConfig(pydantic.BaseModel):
+    model_config = _STRICT
+
+    samples_per_class: pydantic.PositiveInt = pydantic.Field(1000, description="generated images per novel class")
+    metrics: list[str] = pydantic.Field(default_factory=list, description="metric names (`harness metrics`)")
+    grid_samples_per_class: int = pydantic.Field(8, ge=0, le=64, description="images per class in the sample grid")
+
+
+class ResourcesConfig(pydantic.BaseModel):
+    model_config = _STRICT
+
+    cpu: float = pydantic.Field(1.0, gt=0, description="CPUs per trial (= torch threads)")
+    gpu: float = pydantic.Field(0.0, ge=0, description="GPUs per trial; fractions share a GPU")
+
+
+class ParamSpace(pydantic.BaseModel):
+    """One dimension of a sweep: exactly one of ``int``, ``uniform``, ``loguniform`` (``[low, high]``) or ``choice``."""
+
+    model_config = _STRICT
+
+    int_: tuple[int, int] | None = pydantic.Field(None, alias="int")
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    choice: list[Any] | None = pydantic.Field(None, min_length=1)
+
+    @pydantic.model_validator(mode="after")
+    def _exactly_one(self) -> ParamSpace:
+        given = [k for k in ("int_", "uniform", "loguniform", "choice") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of int, uniform, loguniform, choice")
+        bounds = self.int_ or self.uniform or self.loguniform
+        if bounds is not None and not bounds[0] < bounds[1]:
+            raise ValueError(f"low must be below high, got {list(bounds)}")
+        if self.loguniform is not None and self.loguniform[0] <= 0:
+            raise ValueError("loguniform bounds must be positive")
+        return self
+
+
+class SweepConfig(pydantic.BaseModel):
+    model_config = _STRICT
+
+    method: str = pydantic.Field(description="label of the suite method whose params are searched")
+    metric: str
+    mode: Literal["min", "max"]
+    num_samples: pydantic.PositiveInt = 16
+    max_concurrent: pydantic.PositiveInt | None = None
+    space: dict[str, ParamSpace] = pydantic.Field(min_length=1)
+
+
+class Suite(pydantic.BaseModel):
+    model_config = _STRICT
+
+    name: str = pydantic.Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", description="also the MLflow experiment name")
+    version: pydantic.PositiveInt = 1
+    description: str = ""
+    dataset: DatasetConfig
+    protocol: ProtocolConfig
+    methods: list[MethodEntry] = pydantic.Field(min_length=1)
+    budget: Budget
+    evaluation: EvaluationConfig = pydantic.Field(default_factory=EvaluationConfig)
+    resources: ResourcesConfig = pydantic.Field(default_factory=ResourcesConfig)
+    sweep: SweepConfig | None = None
+
+    def method_entry(self, label: str) -> MethodEntry:
+        return next(m for m in self.methods if m.display == label)
+
+
+class TrialSpec(pydantic.BaseModel):
+    """Everything one trial computes from: (method, params, dataset split, shots, seed) and its budget."""
+
+    model_config = _STRICT
+
+    suite: str
+    suite_version: int
+    method: str
+    label: str
+    params: dict[str, Any]
+    dataset: DatasetConfig
+    base_classes: tuple[int, ...]
+    novel_classes: tuple[int, ...]
+    shots: int
+    seed: int
+    eval_images_per_class: int | None
+    base_images_per_class: int | None
+    budget: Budget
+    evaluation: EvaluationConfig
+    resources: ResourcesConfig
+
+    @property
+    def trial_id(self) -> str:
+        """Stable id: a hash of the spec's canonical JSON (same spec ⇒ same id, on any machine)."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+    @property
+    def name(self) -> str:
+        return f"{self.label}-{self.shots}shot-seed{self.seed}"
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _pydantic_problems(err: pydantic.ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+    problems = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if p not in ("int_",))  # aliased field names
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        path = _loc(loc)
+        problems.append((f"{prefix}.{path}" if prefix and path else prefix or path, msg))
+    return problems
+
+
+def _cross_checks(suite: Suite, info: DatasetInfo) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    p = suite.protocol
+    resolved: dict[str, list[int]] = {}
+    for field in ("base_classes", "novel_classes"):
+        ids = []
+        for i, c in enumerate(getattr(p, field)):
+            try:
+                ids.append(info.class_id(c))
+            except ValueError as exc:
+                problems.append((f"protocol.{field}[{i}]", str(exc)))
+        if len(set(ids)) != len(ids):
+            problems.append((f"protocol.{field}", "a class is listed twice"))
+        resolved[field] = ids
+    overlap = sorted(set(resolved["base_classes"]) & set(resolved["novel_classes"]))
+    if overlap:
+        names = [info.class_names[c] for c in overlap]
+        problems.append(("protocol.novel_classes", f"classes {names} are also base classes; they must be disjoint"))
+    if info.train_per_class:
+        for c in resolved["novel_classes"]:
+            available = info.train_per_class.get(c, 0)
+            for i, k in enumerate(p.shots):
+                if k > available:
+                    problems.append((
+                        f"protocol.shots[{i}]",
+                        f"{k} shots exceed the {available} training images of class {info.class_names[c]!r}",
+                    ))
+    if info.test_per_class:
+        for c in resolved["novel_classes"]:
+            available = info.test_per_class.get(c, 0)
+            if available == 0:
+                problems.append(("protocol.novel_classes", f"class {info.class_names[c]!r} has no held-out test images"))
+            elif p.eval_images_per_class and p.eval_images_per_class > available:
+                problems.append((
+                    "protocol.eval_images_per_class",
+                    f"{p.eval_images_per_class} exceeds the {available} test images of class {info.class_names[c]!r}",
+                ))
+    if tuple(info.image_shape[1:]) not in {(28, 28), (32, 32), (64, 64)}:
+        problems.append(("dataset.image_size", f"the methods' networks support 28, 32 or 64 px, not {info.image_shape[1:]}"))
+
+    labels = [m.display for m in suite.methods]
+    for i, entry in enumerate(suite.methods):
+        if labels.count(entry.display) > 1:
+            problems.append((f"methods[{i}].label", f"{entry.display!r} is used twice; give each entry a unique label"))
+        try:
+            method_cls = METHODS.get(entry.name)
+        except UnknownNameError as exc:
+            problems.append((f"methods[{i}].name", str(exc)))
+            continue
+        try:
+            method_cls.Config(**entry.params)
+        except pydantic.ValidationError as exc:
+            problems += _pydantic_problems(exc, f"methods[{i}].params")
+
+    from harness.metrics import METRICS  # the metric registry; imported late to keep `validate` light
+
+    for i, name in enumerate(suite.evaluation.metrics):
+        if name not in METRICS:
+            problems.append((f"evaluation.metrics[{i}]", str(UnknownNameError(
+                f"unknown metric {name!r}; registered: {', '.join(METRICS.names()) or 'none'}"))))
+
+    if suite.sweep is not None:
+        s = suite.sweep
+        if s.method not in labels:
+            problems.append(("sweep.method", f"{s.method!r} is not a method label of this suite ({', '.join(labels)})"))
+        else:
+            entry = suite.method_entry(s.method)
+            fields = METHODS.get(entry.name).Config.model_fields if entry.name in METHODS else {}
+            for key in s.space:
+                if fields and key not in fields:
+                    problems.append((f"sweep.space.{key}", f"not a parameter of {entry.name!r}"))
+        if s.metric not in suite.evaluation.metrics:
+            problems.append(("sweep.metric", f"{s.metric!r} is not among evaluation.metrics"))
+    return problems
+
+
+def parse_suite(data: Any, source: str = "<suite>", base_dir: Path | None = None) -> Suite:
+    """Validate a suite given as parsed YAML; raise :class:`SuiteError` listing every problem."""
+    if not isinstance(data, dict):
+        raise SuiteError(source, [("", f"a suite must be a mapping, got {type(data).__name__}")])
+    if base_dir is not None and isinstance(data.get("dataset"), dict) and data["dataset"].get("root"):
+        root = Path(str(data["dataset"]["root"])).expanduser()
+        if not root.is_absolute():  # relative data roots are relative to the suite file
+            data = {**data, "dataset": {**data["dataset"], "root": str((base_dir / root).resolve())}}
+    try:
+        suite = Suite.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise SuiteError(source, _pydantic_problems(exc)) from None
+    try:
+        info = dataset_info(suite.dataset)
+    except (DataSourceError, ValueError, OSError) as exc:
+        raise SuiteError(source, [("dataset", str(exc))]) from None
+    problems = _cross_checks(suite, info)
+    if problems:
+        raise SuiteError(source, problems)
+    return suite
+
+
+def load_suite(path: str | Path) -> Suite:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SuiteError(str(path), [("", f"cannot read the file: {exc.strerror or exc}")]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise SuiteError(str(path), [("", f"invalid YAML: {where}{getattr(exc, 'problem', exc)}")]) from None
+    return parse_suite(data, str(path), base_dir=path.parent)
+
+
+def suite_hash(suite: Suite) -> str:
+    canonical = json.dumps(suite.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def trial_spec(suite: Suite, entry: MethodEntry, shots: int, seed: int, params: dict[str, Any] | None = None) -> TrialSpec:
+    """The spec of one trial; ``params`` (a sweep's sample) override the entry's params."""
+    info = dataset_info(suite.dataset)
+    budget = suite.budget
+    if entry.budget is not None:
+        budget = budget.model_copy(update=entry.budget.model_dump(exclude_none=True))
+    return TrialSpec(
+        suite=suite.name,
+        suite_version=suite.version,
+        method=entry.name,
+        label=entry.display,
+        params={**entry.params, **(params or {})},
+        dataset=suite.dataset,
+        base_classes=tuple(info.class_id(c) for c in suite.protocol.base_classes),
+        novel_classes=tuple(info.class_id(c) for c in suite.protocol.novel_classes),
+        shots=shots,
+        seed=seed,
+        eval_images_per_class=suite.protocol.eval_images_per_class,
+        base_images_per_class=suite.protocol.base_images_per_class,
+        budget=budget,
+        evaluation=suite.evaluation,
+        resources=suite.resources,
+    )
+
+
+def expand(suite: Suite, methods: list[str] | None = None) -> list[TrialSpec]:
+    """All trials of a suite: method entry × shots × seed (in that order), optionally only some method labels."""
+    entries = [m for m in suite.methods if methods is None or m.display in methods]
+    if methods is not None:
+        unknown = sorted(set(methods) - {m.display for m in suite.methods})
+        if unknown:
+            raise SuiteError(suite.name, [("methods", f"no method labelled {unknown} in this suite")])
+    return [
+        trial_spec(suite, entry, shots, seed)
+        for entry in entries
+        for shots in suite.protocol.shots
+        for seed in suite.protocol.seeds
+    ]
+
+
+_SLUG = re.compile(r"[^A-Za-z0-9_.+-]+")
+
+
+def slug(text: str) -> str:
+    return _SLUG.sub("-", text).strip("-")

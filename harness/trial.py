@@ -1,0 +1,320 @@
+"""``run_trial``: the one function every executor calls (fit → sample → evaluate → record).
+
+It is pure given its spec: it seeds everything from the spec, reads only the dataset it is handed (or loads the one
+the spec names) and writes only under its own trial directory. Executors differ in *where* trials run, never in
+*what* a trial computes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchvision.utils import save_image
+
+from harness.api import Budget, FewShotTask, FitHooks, GenerativeMethod, LabeledImages, TrialDiverged
+from harness.data import Dataset, FewShotSplit, load_dataset, make_split
+from harness.registry import METHODS
+from harness.runtime import derive_seed, git_commit, host_facts, package_versions, resolve_device, seed_everything
+from harness.suite import TrialSpec
+
+RESULT_FILE = "result.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+SAMPLE_CHUNK = 500
+
+
+@dataclass
+class TrialResult:
+    """What one trial produced; written as ``result.json`` in its trial directory."""
+
+    trial_id: str
+    name: str
+    status: str  # "ok" or "failed"
+    spec: dict[str, Any]
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    losses: list[dict[str, Any]] = field(default_factory=list)
+    final_losses: dict[str, float] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    wall_times: dict[str, float] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True, default=str)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrialResult:
+        return cls(**json.loads(Path(path).read_text()))
+
+    def write(self, trial_dir: Path) -> Path:
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        path = trial_dir / RESULT_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(self.to_json())
+        tmp.replace(path)  # atomic: a reader never sees half a result
+        return path
+
+
+def trial_dir_for(run_dir: Path, spec: TrialSpec) -> Path:
+    return Path(run_dir) / "trials" / f"{spec.name}-{spec.trial_id}"
+
+
+class PerClassMethod(GenerativeMethod):
+    """Fits one instance of an unconditional method per novel class, on that class's shots only.
+
+    This adapter lives in the harness, not in methods/: unconditional methods stay unaware of labels, and the
+    harness dispatches ``sample(labels)`` to the model of each class. Each class model gets the full budget.
+    """
+
+    name = "per_class"
+    conditional = True
+
+    def __init__(self, method_cls: type[GenerativeMethod], config, image_shape, num_classes, device) -> None:
+        self.Config = method_cls.Config  # instance attribute: the wrapped method's config type
+        super().__init__(config, image_shape, num_classes, device)
+        self.method_cls = method_cls
+        self.models: dict[int, GenerativeMethod] = {}
+        self._pending_state: dict[int, dict[str, Any]] = {}
+        self.done: list[int] = []
+
+    def _model(self, label: int) -> GenerativeMethod:
+        if label not in self.models:
+            model = self.method_cls(self.config, self.image_shape, self.num_classes, self.device)
+            if label in self._pending_state:
+                model.load_state_dict(self._pending_state.pop(label))
+            self.models[label] = model
+        return self.models[label]
+
+    def fit(self, task: FewShotTask, budget: Budget, hooks: FitHooks) -> None:
+        empty = LabeledImages(task.novel.images[:0], task.novel.labels[:0])
+        for label in task.novel_classes:
+            if label in self.done:
+                continue
+            class_task = FewShotTask(
+                base=empty, novel=task.novel.of_class(label), base_classes=(), novel_classes=(label,),
+                image_shape=task.image_shape, seed=derive_seed(task.seed, "class", label),
+            )
+            seed_everything(derive_seed(task.seed, "fit-class", label))
+            self._model(label).fit(class_task, budget, _ClassHooks(hooks, label))
+            self.done.append(label)
+            hooks.checkpoint(-1)
+
+    def sample(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        out = torch.empty((len(labels), *self.image_shape), device=self.device)
+        for label in torch.unique(labels).tolist():
+            if label not in self.models:
+                raise KeyError(f"no model was fitted for class {label}")
+            mask = labels == label
+            out[mask] = self.models[label].sample(labels[mask], generator).to(out.device)
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "done": list(self.done),
+            "classes": {label: m.state_dict() for label, m in self.models.items()} | self._pending_state,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.done = list(state["done"])
+        self.models = {}
+        self._pending_state = dict(state["classes"])
+        for label in list(self._pending_state):
+            self._model(label)
+
+
+class _ClassHooks:
+    def __init__(self, hooks: FitHooks, label: int) -> None:
+        self.hooks, self.label = hooks, label
+
+    def log(self, step: int, losses: dict[str, float], info: dict[str, Any] | None = None) -> None:
+        self.hooks.log(step, losses, {**(info or {}), "class": self.label})
+
+    def checkpoint(self, step: int) -> None:
+        self.hooks.checkpoint(step)
+
+
+class TrialHooks:
+    """Records losses, stops a diverging trial and writes checkpoints through ``save_checkpoint``."""
+
+    def __init__(
+        self,
+        model: GenerativeMethod,
+        save_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+        on_log: Callable[[int, dict[str, float]], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.save_checkpoint = save_checkpoint
+        self.on_log = on_log
+        self.records: list[dict[str, Any]] = []
+
+    def log(self, step: int, losses: dict[str, float], info: dict[str, Any] | None = None) -> None:
+        losses = {k: float(v) for k, v in losses.items()}
+        bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
+        if bad:
+            raise TrialDiverged(f"non-finite loss at step {step}: {bad}")
+        self.records.append({"step": step, **(info or {}), **losses})
+        if self.on_log is not None:
+            self.on_log(step, losses)
+
+    def checkpoint(self, step: int) -> None:
+        if self.save_checkpoint is not None:
+            self.save_checkpoint({"model": self.model.state_dict(), "losses": self.records})
+
+
+def build_method(spec: TrialSpec, image_shape: tuple[int, int, int], num_classes: int, device: torch.device):
+    method_cls = METHODS.get(spec.method)
+    config = method_cls.Config(**spec.params)
+    if method_cls.conditional:
+        return method_cls(config, image_shape, num_classes, device)
+    return PerClassMethod(method_cls, config, image_shape, num_classes, device)
+
+
+@torch.no_grad()
+def generate(model: GenerativeMethod, classes: tuple[int, ...], per_class: int, seed: int) -> LabeledImages:
+    """``per_class`` samples of each class (class-major order), on the CPU, seeded from the trial."""
+    labels = torch.tensor(classes, dtype=torch.long).repeat_interleave(per_class)
+    generator = torch.Generator(device=model.device).manual_seed(derive_seed(seed, "sample"))
+    chunks = [
+        model.sample(chunk.to(model.device), generator).float().clamp_(0, 1).cpu()
+        for chunk in labels.split(SAMPLE_CHUNK)
+    ]
+    return LabeledImages(torch.cat(chunks), labels)
+
+
+def save_grid(images: LabeledImages, classes: tuple[int, ...], per_class: int, path: Path) -> None:
+    """One row per class, ``per_class`` images each."""
+    rows = [images.of_class(c).images[:per_class] for c in classes]
+    save_image(torch.cat(rows), path, nrow=per_class, padding=2, pad_value=1.0)
+
+
+def run_trial(
+    spec: TrialSpec,
+    run_dir: str | Path,
+    *,
+    dataset: Dataset | None = None,
+    device: str = "auto",
+    num_threads: int | None = None,
+    restore: dict[str, Any] | None = None,
+    save_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrialResult:
+    """Fit, sample, evaluate and record one trial under ``run_dir/trials/<name>-<id>/``.
+
+    ``restore`` is a checkpoint previously passed to ``save_checkpoint`` (resume). Without ``save_checkpoint`` a
+    trial checkpoints to ``checkpoint.pt`` in its directory (when the budget asks for checkpoints) and resumes from it.
+    A failure writes a ``failed`` result with the reason and re-raises, so the executor decides what happens next.
+    """
+    started = time.perf_counter()
+    trial_dir = trial_dir_for(Path(run_dir), spec)
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(num_threads or max(1, int(spec.resources.cpu)))
+    torch_device = resolve_device(device, spec.resources.gpu)
+    result = TrialResult(trial_id=spec.trial_id, name=spec.name, status="running", spec=spec.model_dump(mode="json"))
+    result.provenance = {
+        "git_commit": git_commit(),
+        "versions": package_versions(),
+        "method_target": METHODS.target(spec.method),
+        **host_facts(torch_device),
+    }
+    hooks: TrialHooks | None = None
+    try:
+        dataset = dataset or load_dataset(spec.dataset)
+        split = make_split(
+            dataset, spec.base_classes, spec.novel_classes, spec.shots, spec.seed,
+            eval_images_per_class=spec.eval_images_per_class, base_images_per_class=spec.base_images_per_class,
+        )
+        result.provenance.update(_data_provenance(dataset, split))
+
+        model = build_method(spec, split.task.image_shape, dataset.info.num_classes, torch_device)
+        result.provenance["method_config"] = model.config.model_dump(mode="json")
+        if save_checkpoint is None and spec.budget.checkpoint_every:
+            save_checkpoint = _file_checkpointer(trial_dir / CHECKPOINT_FILE)
+            if restore is None and (trial_dir / CHECKPOINT_FILE).exists():
+                restore = torch.load(trial_dir / CHECKPOINT_FILE, map_location=torch_device, weights_only=False)
+        hooks = TrialHooks(model, save_checkpoint, on_log)
+        if restore is not None:
+            model.load_state_dict(restore["model"])
+            hooks.records = list(restore.get("losses", []))
+            result.provenance["resumed"] = True
+
+        seed_everything(derive_seed(spec.seed, "fit"))
+        t0 = time.perf_counter()
+        model.fit(split.task.to(torch_device), spec.budget, hooks)
+        result.wall_times["fit_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        samples = generate(model, spec.novel_classes, spec.evaluation.samples_per_class, spec.seed)
+        result.wall_times["sample_s"] = time.perf_counter() - t0
+        result.artifacts.update(_save_artifacts(spec, split, samples, trial_dir))
+
+        if spec.evaluation.metrics:
+            from harness.metrics import evaluate
+
+            t0 = time.perf_counter()
+            evaluation = evaluate(spec, dataset, split, samples, device=torch_device)
+            result.metrics = evaluation.metrics
+            result.provenance.update(evaluation.provenance)
+            result.wall_times["evaluate_s"] = time.perf_counter() - t0
+        result.status = "ok"
+    except BaseException as exc:
+        result.status = "failed"
+        result.error = f"{type(exc).__name__}: {exc}"
+        result.provenance["traceback"] = traceback.format_exc(limit=20)
+        raise
+    finally:
+        if hooks is not None:
+            result.losses = hooks.records
+            result.final_losses = _final_losses(hooks.records)
+        result.wall_times["total_s"] = time.perf_counter() - started
+        result.write(trial_dir)
+    return result
+
+
+def _data_provenance(dataset: Dataset, split: FewShotSplit) -> dict[str, Any]:
+    return {
+        "data_source": dataset.source,
+        "dataset_fingerprint": dataset.fingerprint,
+        "split_hash": split.split_hash,
+        "shot_indices": {str(c): idx for c, idx in split.shot_indices.items()},
+        "num_base_images": len(split.task.base),
+        "num_heldout_images": len(split.heldout),
+    }
+
+
+def _save_artifacts(spec: TrialSpec, split: FewShotSplit, samples: LabeledImages, trial_dir: Path) -> dict[str, str]:
+    artifacts = {}
+    per_class = spec.evaluation.grid_samples_per_class
+    if per_class:
+        save_grid(samples, spec.novel_classes, per_class, trial_dir / "samples.png")
+        save_grid(split.task.novel, spec.novel_classes, min(per_class, spec.shots), trial_dir / "shots.png")
+        artifacts.update(samples="samples.png", shots="shots.png")
+    # uint8 keeps every sample for re-evaluation at a quarter of the float size
+    torch.save({"images": (samples.images * 255).round().to(torch.uint8), "labels": samples.labels},
+               trial_dir / "samples.pt")
+    artifacts["samples_tensor"] = "samples.pt"
+    return artifacts
+
+
+def _final_losses(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean over the last logged record of each fitted model (one per class for unconditional methods)."""
+    last: dict[Any, dict[str, Any]] = {}
+    for record in records:
+        last[record.get("class")] = record
+    keys = {k for r in last.values() for k, v in r.items() if k not in ("step", "class") and isinstance(v, float)}
+    return {k: sum(r[k] for r in last.values() if k in r) / len(last) for k in sorted(keys)}
+
+
+def _file_checkpointer(path: Path) -> Callable[[dict[str, Any]], None]:
+    def save(state: dict[str, Any]) -> None:
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)
+
+    return save

@@ -1,0 +1,166 @@
+"""Suite schema, cross-field validation (every error names its file and field) and expansion."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.suite import SuiteError, expand, load_suite, parse_suite, suite_hash
+
+SUITES = Path(__file__).resolve().parents[1] / "suites"
+
+VALID = {
+    "name": "unit",
+    "dataset": {"name": "mnist", "source": "embedded"},
+    "protocol": {"base_classes": [0, 1, 2], "novel_classes": [3, "four"], "shots": [1, 5], "seeds": [0, 1, 2]},
+    "methods": [{"name": "dcgan"}, {"name": "cgan", "params": {"width": 16}}],
+    "budget": {"steps": 10},
+}
+
+
+def _with(path: str, value, base=VALID):
+    """A copy of ``base`` with the dotted ``path`` set to ``value`` (``...=DELETE`` removes the key)."""
+    data = copy.deepcopy(base)
+    keys = path.split(".")
+    node = data
+    for key in keys[:-1]:
+        node = node[int(key)] if key.isdigit() else node[key]
+    last = int(keys[-1]) if keys[-1].isdigit() else keys[-1]
+    if value is DELETE:
+        del node[last]
+    else:
+        node[last] = value
+    return data
+
+
+DELETE = object()
+
+
+def test_valid_suite_expands_to_method_x_shots_x_seed():
+    suite = parse_suite(copy.deepcopy(VALID), "unit.yaml")
+    trials = expand(suite)
+    assert len(trials) == 2 * 2 * 3
+    assert [t.method for t in trials[:6]] == ["dcgan"] * 6
+    assert trials[0].novel_classes == (3, 4)  # "four" resolved by name
+    assert {t.trial_id for t in trials} == {t.trial_id for t in expand(parse_suite(copy.deepcopy(VALID)))}
+    assert len({t.trial_id for t in trials}) == len(trials)
+    assert trials[0].name == "dcgan-1shot-seed0"
+
+
+def test_trial_id_changes_with_anything_that_changes_the_computation():
+    base = expand(parse_suite(copy.deepcopy(VALID)))[0]
+    for path, value in [("budget.steps", 11), ("methods.0.params", {"width": 8}), ("dataset.image_size", 32)]:
+        other = expand(parse_suite(_with(path, value)))[0]
+        assert other.trial_id != base.trial_id, path
+
+
+def test_method_budget_override_applies_to_that_method_only():
+    data = _with("methods.1.budget", {"steps": 3})
+    trials = expand(parse_suite(data))
+    assert {t.budget.steps for t in trials if t.method == "cgan"} == {3}
+    assert {t.budget.steps for t in trials if t.method == "dcgan"} == {10}
+
+
+def test_expand_subset_of_methods_and_unknown_label():
+    suite = parse_suite(copy.deepcopy(VALID))
+    assert {t.method for t in expand(suite, ["cgan"])} == {"cgan"}
+    with pytest.raises(SuiteError, match="no method labelled"):
+        expand(suite, ["nope"])
+
+
+MALFORMED = [
+    ("unknown top-level key", _with("colour", "red"), "colour", "unknown field"),
+    ("missing name", _with("name", DELETE), "name", "required"),
+    ("bad name", _with("name", "Bad Name"), "name", "pattern"),
+    ("unknown dataset", _with("dataset.name", "mnits"), "dataset.name", "mnist"),
+    ("unknown dataset key", _with("dataset.colour", 1), "dataset.colour", "unknown field"),
+    ("source on non-mnist", _with("dataset", {"name": "fashion_mnist", "source": "embedded"}), "dataset", "source"),
+    ("image_folder without root", _with("dataset", {"name": "image_folder"}), "dataset", "root"),
+    ("unsupported image size", _with("dataset.image_size", 48), "dataset.image_size", "28, 32 or 64"),
+    ("missing novel classes", _with("protocol.novel_classes", DELETE), "protocol.novel_classes", "required"),
+    ("empty shots", _with("protocol.shots", []), "protocol.shots", "at least 1"),
+    ("negative shots", _with("protocol.shots", [-1]), "protocol.shots[0]", "greater than 0"),
+    ("empty seeds", _with("protocol.seeds", []), "protocol.seeds", "at least 1"),
+    ("duplicate seeds", _with("protocol.seeds", [1, 1]), "protocol.seeds", "unique"),
+    ("overlapping classes", _with("protocol.novel_classes", [2, 3]), "protocol.novel_classes", "disjoint"),
+    ("class out of range", _with("protocol.novel_classes", [12]), "protocol.novel_classes[0]", "12"),
+    ("unknown class name", _with("protocol.base_classes", ["sevn"]), "protocol.base_classes[0]", "did you mean"),
+    ("too many shots", _with("protocol.shots", [401]), "protocol.shots[0]", "exceed the 400 training images"),
+    ("too many eval images", _with("protocol.eval_images_per_class", 101), "protocol.eval_images_per_class", "100"),
+    ("no methods", _with("methods", []), "methods", "at least 1"),
+    ("unknown method", _with("methods.0.name", "dcgna"), "methods[0].name", "did you mean 'dcgan'"),
+    ("unknown method param", _with("methods.0.params", {"widht": 8}), "methods[0].params.widht", "unknown field"),
+    ("wrong param type", _with("methods.0.params", {"lr_g": "fast"}), "methods[0].params.lr_g", "number"),
+    ("duplicate labels", _with("methods.1", {"name": "dcgan"}), "methods[1].label", "twice"),
+    ("bad label", _with("methods.0.label", "a b"), "methods[0].label", "pattern"),
+    ("missing budget", _with("budget", DELETE), "budget", "required"),
+    ("zero steps", _with("budget.steps", 0), "budget.steps", "greater than or equal to 1"),
+    ("unknown budget key", _with("budget.epochs", 3), "budget.epochs", "unknown field"),
+    ("zero cpu", _with("resources", {"cpu": 0}), "resources.cpu", "greater than 0"),
+    ("unknown metric", _with("evaluation", {"metrics": ["fidd"]}), "evaluation.metrics[0]", "unknown metric"),
+    ("sweep over a missing label", _with("sweep", {"method": "x", "metric": "m", "mode": "min",
+                                                   "space": {"lr_g": {"loguniform": [1e-5, 1e-3]}}}),
+     "sweep.method", "not a method label"),
+    ("sweep space with two kinds", _with("sweep", {"method": "dcgan", "metric": "m", "mode": "min",
+                                                   "space": {"lr_g": {"int": [1, 2], "uniform": [0, 1]}}}),
+     "sweep.space.lr_g", "exactly one"),
+    ("sweep loguniform at zero", _with("sweep", {"method": "dcgan", "metric": "m", "mode": "min",
+                                                 "space": {"lr_g": {"loguniform": [0, 1]}}}),
+     "sweep.space.lr_g", "positive"),
+    ("sweep over a non-parameter", _with("sweep", {"method": "dcgan", "metric": "m", "mode": "min",
+                                                   "space": {"n_c": {"int": [1, 8]}}}),
+     "sweep.space.n_c", "not a parameter"),
+    ("sweep bad mode", _with("sweep", {"method": "dcgan", "metric": "m", "mode": "low",
+                                       "space": {"lr_g": {"uniform": [0, 1]}}}), "sweep.mode", "min"),
+]
+
+
+@pytest.mark.parametrize("data,field,message", [m[1:] for m in MALFORMED], ids=[m[0] for m in MALFORMED])
+def test_malformed_suite_is_rejected_naming_file_and_field(tmp_path, data, field, message):
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(SuiteError) as info:
+        load_suite(path)
+    matching = [msg for loc, msg in info.value.problems if loc == field]
+    assert matching, f"no problem at {field!r}; got {info.value.problems}"
+    assert any(message.lower() in m.lower() for m in matching), matching
+    assert all(line.startswith(f"{path}: ") for line in str(info.value).splitlines())
+
+
+def test_all_cross_field_problems_are_reported_at_once():
+    data = _with("methods.0.name", "dcgna", _with("protocol.shots", [401]))
+    with pytest.raises(SuiteError) as info:
+        parse_suite(data, "x.yaml")
+    assert {loc for loc, _ in info.value.problems} >= {"methods[0].name", "protocol.shots[0]"}
+
+
+def test_invalid_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(SuiteError, match=r"bad.yaml: invalid YAML: line \d+"):
+        load_suite(bad)
+    with pytest.raises(SuiteError, match="cannot read"):
+        load_suite(tmp_path / "missing.yaml")
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- 1\n- 2\n")
+    with pytest.raises(SuiteError, match="must be a mapping"):
+        load_suite(listing)
+
+
+def test_relative_image_folder_root_is_relative_to_the_suite_file(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    data = _with("dataset", {"name": "image_folder", "root": "imgs"})
+    with pytest.raises(SuiteError) as info:
+        parse_suite(data, "s.yaml", base_dir=tmp_path)
+    # the folder is empty, so validation fails, but it looked in the right place
+    assert str(tmp_path / "imgs") in str(info.value)
+
+
+@pytest.mark.parametrize("path", sorted(SUITES.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_suites_validate(path):
+    suite = load_suite(path)
+    assert expand(suite)
+    assert suite_hash(suite) == suite_hash(load_suite(path))
