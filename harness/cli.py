@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Annotated, Optional
@@ -62,40 +63,146 @@ def metrics() -> None:
     console.print(table)
 
 
+RunDirOption = Annotated[Optional[Path], typer.Option(help="reuse this run directory (finished trials are kept)")]
+RunsRootOption = Annotated[Path, typer.Option(help="where new run directories are created")]
+AddressOption = Annotated[Optional[str], typer.Option(help="Ray: join this cluster (default: start a local Ray)")]
+DeviceOption = Annotated[str, typer.Option(help="auto (CUDA if granted), cpu or cuda[:N]")]
+ProgressOption = Annotated[bool, typer.Option(help="show progress")]
+TrackingUriOption = Annotated[Optional[str], typer.Option(
+    help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else a sqlite store in the run directory)")]
+TrackingOption = Annotated[bool, typer.Option(help="log to MLflow (results are always written as JSON)")]
+
+
+def _load(suite_file: Path):
+    try:
+        return load_suite(suite_file)
+    except SuiteError as exc:
+        err_console.print(f"[red]✗[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+@contextlib.contextmanager
+def _session(suite, suite_file: Path, *, executor: str, address: str | None, run_dir: Path | None,
+             runs_root: Path, tracking: bool, tracking_uri: str | None):
+    """Reach Ray and the tracking server (clear errors before anything runs), open the run directory and the MLflow
+    parent run; close what was opened, whatever happens."""
+    from harness.run import RunDir
+
+    connection = None
+    if executor == "ray":
+        from harness.executors.ray_tune import init_ray
+
+        try:
+            connection = init_ray(address)
+        except ConnectionError as exc:
+            err_console.print(f"[red]✗[/red] {exc}", highlight=False)
+            raise typer.Exit(2) from None
+    context = None
+    status = "KILLED"
+    try:
+        run = RunDir.create(suite, suite_file, runs_root, run_dir)
+        console.print(f"run directory: [bold]{run.path}[/bold]", highlight=False)
+        if tracking:
+            from harness import tracking as mlflow_tracking
+
+            try:
+                uri = mlflow_tracking.resolve_tracking_uri(tracking_uri, run.path, cluster=bool(address))
+                mlflow_tracking.check_tracking_server(uri)
+            except (ValueError, ConnectionError) as exc:
+                err_console.print(f"[red]✗[/red] {exc}", highlight=False)
+                raise typer.Exit(2) from None
+            context = mlflow_tracking.start_run_tracking(suite, suite_file, run.path, uri, executor=executor,
+                                                         cluster_name=address)
+            console.print(f"MLflow: {uri} (experiment {suite.name!r}); browse with `harness ui {run.path}`",
+                          highlight=False)
+        if connection is not None:
+            console.print(f"Ray: {address or 'local'} ({connection.address}); dashboard: "
+                          f"{connection.dashboard_url or 'not installed (pip install ray[default])'}; Tune "
+                          f"experiments under {run.path.resolve() / 'ray'}", highlight=False)
+        outcome: dict = {"failed": 0}
+        yield run, connection, context, outcome
+        status = "FAILED" if outcome["failed"] else "FINISHED"
+    finally:
+        if context is not None:
+            mlflow_tracking.finish_run_tracking(context, status)
+        if connection is not None and connection.started:
+            import ray
+
+            ray.shutdown()
+
+
 @app.command()
 def run(
     suite_file: Annotated[Path, typer.Argument(help="suite YAML file", metavar="SUITE")],
-    executor: Annotated[str, typer.Option(help=f"one of {', '.join(EXECUTORS)}")] = "inprocess",
-    run_dir: Annotated[Optional[Path], typer.Option(help="reuse this run directory (finished trials are kept)")] = None,
-    runs_root: Annotated[Path, typer.Option(help="where new run directories are created")] = Path("runs"),
+    executor: Annotated[str, typer.Option(help=f"one of {', '.join(EXECUTORS)}")] = "ray",
+    address: AddressOption = None,
+    run_dir: RunDirOption = None,
+    runs_root: RunsRootOption = Path("runs"),
     only: Annotated[Optional[str], typer.Option("--methods", help="comma-separated method labels to run")] = None,
-    device: Annotated[str, typer.Option(help="auto (CUDA if granted), cpu or cuda[:N]")] = "auto",
-    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+    device: DeviceOption = "auto",
+    progress: ProgressOption = True,
+    tracking_uri: TrackingUriOption = None,
+    tracking: TrackingOption = True,
 ) -> None:
-    """Run every trial of a suite and write one result per trial under the run directory."""
-    from harness.run import RunDir
-
+    """Run every trial of a suite; one result.json per trial under the run directory, MLflow runs beside."""
     if executor not in EXECUTORS:
         raise typer.BadParameter(f"unknown executor {executor!r}; choose from {', '.join(EXECUTORS)}")
+    suite = _load(suite_file)
     try:
-        suite = load_suite(suite_file)
         specs = expand(suite, only.split(",") if only else None)
     except SuiteError as exc:
         err_console.print(f"[red]✗[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
-    run = RunDir.create(suite, suite_file, runs_root, run_dir)
-    pending = [s for s in specs if run.finished(s) is None]
-    console.print(f"suite [bold]{suite.name}[/bold]: {len(specs)} trials, {len(specs) - len(pending)} already "
-                  f"finished; run directory [bold]{run.path}[/bold]", highlight=False)
+    with _session(suite, suite_file, executor=executor, address=address, run_dir=run_dir, runs_root=runs_root,
+                  tracking=tracking, tracking_uri=tracking_uri) as (run, connection, context, outcome):
+        pending = [s for s in specs if run.finished(s) is None]
+        console.print(f"suite [bold]{suite.name}[/bold]: {len(specs)} trials, {len(specs) - len(pending)} already "
+                      f"finished", highlight=False)
+        if connection is not None:
+            from harness.executors import run_ray
 
-    from harness.executors import run_inprocess
+            run_ray(specs, run.path, device=device, max_failures=suite.resources.max_failures,
+                    verbose=1 if progress else 0, tracking=context)
+        else:
+            from harness.executors import run_inprocess
 
-    run_inprocess(pending, run.path, device=device, progress=progress)
-    results = [run.finished(s) for s in specs]
-    _print_summary(run.path)
-    failed = sum(r is None for r in results)
+            run_inprocess(pending, run.path, device=device, progress=progress, tracking=context)
+        outcome["failed"] = sum(run.finished(s) is None for s in specs)
+        _print_summary(run.path)
+    failed = outcome["failed"]
     console.print(f"results: {run.path}/trials/*/result.json ({len(specs) - failed} ok, {failed} failed)")
     raise typer.Exit(1 if failed else 0)
+
+
+@app.command()
+def sweep(
+    suite_file: Annotated[Path, typer.Argument(help="suite YAML file with a sweep section", metavar="SUITE")],
+    address: AddressOption = None,
+    run_dir: RunDirOption = None,
+    runs_root: RunsRootOption = Path("runs"),
+    device: DeviceOption = "auto",
+    progress: ProgressOption = True,
+    tracking_uri: TrackingUriOption = None,
+    tracking: TrackingOption = True,
+) -> None:
+    """Search the suite's sweep space with Optuna through Ray Tune; prints and writes the best configuration."""
+    suite = _load(suite_file)
+    if suite.sweep is None:
+        err_console.print(f"[red]✗[/red] {suite_file}: sweep: the suite has no sweep section", highlight=False)
+        raise typer.Exit(2)
+    with _session(suite, suite_file, executor="ray", address=address, run_dir=run_dir, runs_root=runs_root,
+                  tracking=tracking, tracking_uri=tracking_uri) as (run, _connection, context, outcome):
+        from harness.executors.sweep import run_sweep
+
+        result = run_sweep(suite, run.path, device=device, verbose=1 if progress else 0, tracking=context)
+        outcome["failed"] = int(result.best_value is None)
+        _print_summary(run.path)
+    if result.best_value is None:
+        err_console.print("[red]✗[/red] no sweep trial produced the metric", highlight=False)
+        raise typer.Exit(1)
+    console.print(f"best {result.metric} ({result.mode}) = {result.best_value:.4g} with {result.best_params} "
+                  f"(trial {result.best_trial}); written to {run.path / 'sweep' / 'best.json'}; Optuna study: "
+                  f"{result.storage}", highlight=False)
 
 
 def _print_summary(run_dir: Path) -> None:

@@ -11,10 +11,11 @@ import json
 import math
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torchvision.utils import save_image
@@ -24,6 +25,9 @@ from harness.data import Dataset, FewShotSplit, load_dataset, make_split
 from harness.registry import METHODS
 from harness.runtime import derive_seed, git_commit, host_facts, package_versions, resolve_device, seed_everything
 from harness.suite import TrialSpec
+
+if TYPE_CHECKING:
+    from harness.tracking import TrackingContext
 
 RESULT_FILE = "result.json"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -147,7 +151,7 @@ class TrialHooks:
         self,
         model: GenerativeMethod,
         save_checkpoint: Callable[[dict[str, Any]], None] | None = None,
-        on_log: Callable[[int, dict[str, float]], None] | None = None,
+        on_log: Callable[[int, dict[str, float], dict[str, Any] | None], None] | None = None,
     ) -> None:
         self.model = model
         self.save_checkpoint = save_checkpoint
@@ -161,7 +165,7 @@ class TrialHooks:
             raise TrialDiverged(f"non-finite loss at step {step}: {bad}")
         self.records.append({"step": step, **(info or {}), **losses})
         if self.on_log is not None:
-            self.on_log(step, losses)
+            self.on_log(step, losses, info)
 
     def checkpoint(self, step: int) -> None:
         if self.save_checkpoint is not None:
@@ -203,15 +207,19 @@ def run_trial(
     num_threads: int | None = None,
     restore: dict[str, Any] | None = None,
     save_checkpoint: Callable[[dict[str, Any]], None] | None = None,
-    on_log: Callable[[int, dict[str, float]], None] | None = None,
+    on_log: Callable[..., None] | None = None,
+    tracking: TrackingContext | None = None,
 ) -> TrialResult:
     """Fit, sample, evaluate and record one trial under ``run_dir/trials/<name>-<id>/``.
 
     ``restore`` is a checkpoint previously passed to ``save_checkpoint`` (resume). Without ``save_checkpoint`` a
     trial checkpoints to ``checkpoint.pt`` in its directory (when the budget asks for checkpoints) and resumes from it.
     A failure writes a ``failed`` result with the reason and re-raises, so the executor decides what happens next.
+    With ``tracking``, the trial logs into its MLflow child run (found again on resume); tracking problems are
+    warnings, never a lost result.
     """
     started = time.perf_counter()
+    started_at = time.time()
     trial_dir = trial_dir_for(Path(run_dir), spec)
     trial_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(num_threads or max(1, int(spec.resources.cpu)))
@@ -224,6 +232,7 @@ def run_trial(
         **host_facts(torch_device),
     }
     hooks: TrialHooks | None = None
+    tracker = _SafeTracker(tracking, spec)
     try:
         dataset = dataset or load_dataset(spec.dataset)
         split = make_split(
@@ -234,11 +243,12 @@ def run_trial(
 
         model = build_method(spec, split.task.image_shape, dataset.info.num_classes, torch_device)
         result.provenance["method_config"] = model.config.model_dump(mode="json")
+        tracker.call("set_config", result.provenance["method_config"], result.provenance)
         if save_checkpoint is None and spec.budget.checkpoint_every:
             save_checkpoint = _file_checkpointer(trial_dir / CHECKPOINT_FILE)
             if restore is None and (trial_dir / CHECKPOINT_FILE).exists():
                 restore = torch.load(trial_dir / CHECKPOINT_FILE, map_location=torch_device, weights_only=False)
-        hooks = TrialHooks(model, save_checkpoint, on_log)
+        hooks = TrialHooks(model, save_checkpoint, _chain_log(on_log, tracker))
         if restore is not None:
             model.load_state_dict(restore["model"])
             hooks.records = list(restore.get("losses", []))
@@ -253,6 +263,8 @@ def run_trial(
         samples = generate(model, spec.novel_classes, spec.evaluation.samples_per_class, spec.seed)
         result.wall_times["sample_s"] = time.perf_counter() - t0
         result.artifacts.update(_save_artifacts(spec, split, samples, trial_dir))
+        if "samples" in result.artifacts:
+            tracker.call("log_samples", trial_dir / result.artifacts["samples"], spec.budget.steps)
 
         if spec.evaluation.metrics:
             from harness.metrics import evaluate
@@ -273,8 +285,46 @@ def run_trial(
             result.losses = hooks.records
             result.final_losses = _final_losses(hooks.records)
         result.wall_times["total_s"] = time.perf_counter() - started
+        result.wall_times["started_at"] = started_at  # unix time: shows which trials ran concurrently
+        result.wall_times["finished_at"] = time.time()
         result.write(trial_dir)
+        tracker.call("finish", result, trial_dir)
     return result
+
+
+class _SafeTracker:
+    """Forwards to :class:`harness.tracking.TrialTracker`; a tracking failure is a warning, never a lost trial."""
+
+    def __init__(self, context: TrackingContext | None, spec: TrialSpec) -> None:
+        self.tracker = None
+        if context is not None:
+            try:
+                from harness.tracking import TrialTracker
+
+                self.tracker = TrialTracker(context, spec)
+            except Exception as exc:  # noqa: BLE001
+                warnings.warn(f"MLflow tracking unavailable: {exc}", RuntimeWarning, stacklevel=2)
+            self.call("start")
+
+    def call(self, method: str, *args: Any) -> None:
+        if self.tracker is None:
+            return
+        try:
+            getattr(self.tracker, method)(*args)
+        except Exception as exc:  # noqa: BLE001 - the local result.json is the record that must survive
+            warnings.warn(f"MLflow tracking failed in {method}: {exc}", RuntimeWarning, stacklevel=2)
+
+
+def _chain_log(on_log, tracker: _SafeTracker):
+    if tracker.tracker is None:
+        return on_log
+
+    def log(step: int, losses: dict[str, float], info: dict[str, Any] | None = None) -> None:
+        tracker.call("log_losses", step, losses, info)
+        if on_log is not None:
+            on_log(step, losses, info)
+
+    return log
 
 
 def _data_provenance(dataset: Dataset, split: FewShotSplit) -> dict[str, Any]:

@@ -117,7 +117,7 @@ def test_interrupted_trial_resumes_from_its_checkpoint_without_redoing_steps(tmp
     spec = _spec(suite, "dcgan", steps=6, log_every=1, checkpoint_every=2)
     seen = []
 
-    def interrupt(step, losses):
+    def interrupt(step, losses, info=None):
         seen.append(step)
         if len(seen) == 9:  # second class, third step
             raise _Interrupt

@@ -49,6 +49,7 @@ def stable_hash(record: Any) -> str:
 def _atomic(path: Path) -> tuple[Path, Any]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; cache entries are ordinary readable files
     return Path(tmp), fd
 
 

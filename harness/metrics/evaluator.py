@@ -161,10 +161,12 @@ class Evaluator:
     cache_status: str = "memory"
     path: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = EXTRACT_BATCH
 
     @torch.no_grad()
-    def extract(self, images: Tensor, batch_size: int = EXTRACT_BATCH) -> tuple[Tensor, Tensor]:
+    def extract(self, images: Tensor, batch_size: int | None = None) -> tuple[Tensor, Tensor]:
         """(logits, features) of ``images`` as float32 CPU tensors, in batches on the evaluator's device."""
+        batch_size = batch_size or self.batch_size
         if images.ndim != 4:
             raise ValueError(f"images must be N×C×H×W, got shape {tuple(images.shape)}")
         if self.name == DOMAIN_CLASSIFIER and tuple(images.shape[1:]) != tuple(self.image_shape):
@@ -209,7 +211,8 @@ def domain_classifier_record(dataset: Dataset, settings: DomainClassifierSetting
         "preprocessing": PREPROCESSING,
         "architecture": {"name": "DomainClassifierNet", "widths": list(settings.widths),
                          "feature_dim": settings.feature_dim, "dropout": settings.dropout},
-        "training": {k: v for k, v in asdict(settings).items() if k not in ("widths", "feature_dim", "dropout", "seed")},
+        "training": {k: v for k, v in asdict(settings).items()
+                     if k not in ("widths", "feature_dim", "dropout", "seed")},
         "seed": settings.seed,
     }
 
@@ -224,8 +227,10 @@ def train_domain_classifier(
 ) -> tuple[DomainClassifierNet, dict[str, Any]]:
     """Train the domain classifier on ``dataset.train`` (all classes) and measure it on ``dataset.test``.
 
-    Deterministic for ``settings.seed`` on a given device (the global RNG state is saved and restored). Returns the
-    network (eval mode) and facts about the run (test accuracy, steps, seconds).
+    Deterministic for ``settings.seed`` on a given device (the global RNG state is saved and restored). On the CPU it
+    trains with one torch thread whatever the caller's setting, because the cache key does not (and should not) name
+    a thread count, and float sums differ between thread counts. Returns the network (eval mode) and facts about the
+    run (test accuracy, steps, seconds).
     """
     device = torch.device(device)
     info = dataset.info
@@ -234,6 +239,9 @@ def train_domain_classifier(
         raise ValueError(f"{info.name}: no training images to train the domain classifier on")
     steps = settings.steps_for(len(images))
     started = time.perf_counter()
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
     with _fork_rng(device):
         torch.manual_seed(settings.seed)
         net = DomainClassifierNet(info.image_shape[0], info.num_classes, settings.widths, settings.feature_dim,
@@ -257,6 +265,7 @@ def train_domain_classifier(
             loss.backward()
             optimiser.step()
             schedule.step()
+    torch.set_num_threads(threads)
     net.eval()
     train_seconds = time.perf_counter() - started
     accuracy = classifier_accuracy(net, dataset.test.images, dataset.test.labels, device)
@@ -381,7 +390,8 @@ def check_evaluator(config: EvaluationConfig) -> Path | None:
 
 class _InceptionModule(nn.Module):
     """torch-fidelity's InceptionV3 behind the (float images) → (logits, features) interface: 8-bit RGB input,
-    ``logits_unbiased`` (torch-fidelity's default for IS) and the 2048-d pool3 features (its default for FID/KID/PRC)."""
+    ``logits_unbiased`` (torch-fidelity's default for IS) and the 2048-d pool3 features (its default for FID, KID,
+    PRC)."""
 
     def __init__(self, extractor: nn.Module) -> None:
         super().__init__()
@@ -433,6 +443,7 @@ def get_inception(config: EvaluationConfig, device: torch.device | str = "cpu") 
     evaluator = Evaluator(
         name=INCEPTION_V3, hash=key, module=module, device=device, image_shape=(3, 299, 299), num_classes=None,
         feature_dim=2048, test_accuracy=None, cache_status="file", path=str(path),
+        batch_size=64,  # 299×299 inputs: 64 images are ~70 MB per activation map
     )
     _MEMORY[memo_key] = evaluator
     return evaluator

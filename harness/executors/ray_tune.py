@@ -1,0 +1,222 @@
+"""Ray Tune executor (the default): each TrialSpec is one Tune trial.
+
+* No address: ``ray.init()`` starts a local Ray on this machine (the embedded default); ``address`` joins a cluster.
+* Data are loaded once by the driver and handed to trials through ``tune.with_parameters`` (one object-store copy).
+* Resources per trial come from the suite (``cpu``, fractional ``gpu``); ``run_trial`` sets torch threads = CPUs.
+* Checkpoints: a method's ``state_dict`` goes through ``tune.report(..., checkpoint=...)`` every
+  ``budget.checkpoint_every`` steps; a restarted trial (``FailureConfig(max_failures)``) continues from it.
+* Resume: the experiment lives in ``<run dir>/ray/``; re-running the same command restores it with
+  ``Tuner.restore(resume_unfinished=True, resume_errored=True)`` — finished trials are kept, not run again.
+* A diverging trial (non-finite loss) is reported as ``failed`` with its reason and is not retried; other errors are
+  retried up to ``max_failures`` times, then the trial errors and the suite goes on.
+
+Tune classes come from ``ray.tune`` only (Ray 2.60: ``ray.train.RunConfig`` breaks a Tuner).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from harness.api import TrialDiverged
+from harness.data import Dataset
+from harness.executors.common import dataset_key, prepare
+from harness.suite import TrialSpec
+from harness.trial import RESULT_FILE, TrialResult, run_trial, trial_dir_for
+
+if TYPE_CHECKING:
+    from harness.tracking import TrackingContext
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "tune"
+STATE_FILE = "state.pt"
+
+
+def _flat_metrics(result: TrialResult) -> dict[str, float]:
+    return {k: float(v["value"]) for k, v in result.metrics.items() if v.get("value") is not None}
+
+
+def _spec_of(config: dict[str, Any]) -> TrialSpec:
+    """The trial's spec; a sweep's sampled values (every key besides ``spec``) override the method's params."""
+    spec = TrialSpec.model_validate(config["spec"])
+    sampled = {k: v for k, v in config.items() if k != "spec"}
+    return spec.model_copy(update={"params": {**spec.params, **sampled}}) if sampled else spec
+
+
+def tune_trainable(config: dict[str, Any], datasets: dict[str, Dataset], run_dir: str, device: str,
+                   tracking: TrackingContext | None = None) -> None:
+    """The Tune function trainable: one TrialSpec → ``run_trial`` with Tune checkpoints."""
+    from ray import tune
+
+    spec = _spec_of(config)
+    done = trial_dir_for(Path(run_dir), spec) / RESULT_FILE
+    if done.exists():  # finished in an earlier invocation (or by another executor): keep it, do not recompute
+        previous = TrialResult.load(done)
+        if previous.status == "ok" and previous.trial_id == spec.trial_id:
+            tune.report({"status": "ok", "trial_id": spec.trial_id, "reused": 1, **_flat_metrics(previous)})
+            return
+
+    restore = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            restore = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
+
+    def save_checkpoint(state: dict[str, Any]) -> None:
+        with tempfile.TemporaryDirectory() as directory:
+            torch.save(state, Path(directory) / STATE_FILE)
+            step = state["losses"][-1]["step"] if state.get("losses") else -1
+            tune.report({"status": "running", "trial_id": spec.trial_id, "step": step},
+                        checkpoint=tune.Checkpoint.from_directory(directory))
+
+    try:
+        result = run_trial(spec, run_dir, dataset=datasets[dataset_key(spec)], device=device,
+                           restore=restore, save_checkpoint=save_checkpoint, tracking=tracking)
+    except TrialDiverged as exc:  # retrying a diverged trial from its last checkpoint would diverge again
+        tune.report({"status": "failed", "trial_id": spec.trial_id, "error": str(exc)})
+        return
+    tune.report({"status": "ok", "trial_id": spec.trial_id, **_flat_metrics(result)})
+
+
+def _trial_name(trial) -> str:
+    spec = trial.config["spec"]
+    return f"{spec['label']}-{spec['shots']}shot-seed{spec['seed']}"
+
+
+def _trial_dirname(trial) -> str:
+    return f"{_trial_name(trial)}-{trial.trial_id}"
+
+
+@dataclass(frozen=True)
+class RayConnection:
+    started: bool  # this process started the local Ray and must shut it down
+    address: str
+    dashboard_url: str | None
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on an address nothing listens on (``ray.init`` would retry for minutes)."""
+    if address == "auto":
+        return
+    target = address.split("://", 1)[-1]
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConnectionError(f"cannot reach a Ray cluster at {address!r}: expected HOST:PORT (or ray://HOST:PORT)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConnectionError(f"cannot reach a Ray cluster at {address!r}: {exc.strerror or exc}") from None
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: Any) -> RayConnection:
+    """Connect to ``address`` or start a local Ray (the embedded default)."""
+    import ray
+
+    if ray.is_initialized():
+        return RayConnection(False, ray.get_runtime_context().gcs_address, None)
+    if address:
+        check_reachable(address)
+    try:
+        context = ray.init(address=address, **kwargs) if address else ray.init(num_cpus=num_cpus, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        if not address:
+            raise
+        raise ConnectionError(f"cannot reach a Ray cluster at {address!r}: {exc}") from exc
+    dashboard = getattr(context, "dashboard_url", None) or None
+    return RayConnection(True, ray.get_runtime_context().gcs_address,
+                         f"http://{dashboard}" if dashboard and "://" not in dashboard else dashboard)
+
+
+def _fit(
+    specs: list[TrialSpec],
+    run_dir: Path,
+    experiment_name: str,
+    param_space: dict[str, Any],
+    *,
+    address: str | None,
+    num_cpus: int | None,
+    device: str,
+    max_failures: int,
+    verbose: int,
+    tracking: TrackingContext | None,
+    tune_config: dict[str, Any],
+):
+    """Build (or restore) and run one Tune experiment under ``run_dir/ray/<experiment_name>``."""
+    from ray import tune
+
+    resources = specs[0].resources
+    if any(s.resources != resources for s in specs):
+        raise ValueError("all trials of one Tune run must request the same resources")
+    started = init_ray(address, num_cpus=num_cpus).started
+    try:
+        trainable = tune.with_resources(
+            tune.with_parameters(tune_trainable, datasets=prepare(specs, device), run_dir=str(run_dir),
+                                 device=device, tracking=tracking),
+            {"cpu": resources.cpu, "gpu": resources.gpu},
+        )
+        experiment = run_dir / "ray" / experiment_name
+        if tune.Tuner.can_restore(str(experiment)):
+            log.warning("restoring the interrupted Tune experiment in %s", experiment)
+            tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True,
+                                       resume_errored=True)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space=param_space,
+                tune_config=tune.TuneConfig(
+                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_dirname, **tune_config
+                ),
+                run_config=tune.RunConfig(
+                    name=experiment_name,
+                    storage_path=str(run_dir / "ray"),
+                    failure_config=tune.FailureConfig(max_failures=max_failures),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                    verbose=verbose,
+                ),
+            )
+        grid = tuner.fit()
+        for result in grid:
+            if result.error is not None:
+                log.error("trial %s errored: %s", _spec_of(result.config).name, result.error)
+        return grid
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def _read_results(run_dir: Path, specs: list[TrialSpec]) -> list[TrialResult]:
+    paths = [trial_dir_for(run_dir, spec) / RESULT_FILE for spec in specs]
+    return [TrialResult.load(p) for p in paths if p.exists()]
+
+
+def run_ray(
+    specs: list[TrialSpec],
+    run_dir: Path,
+    *,
+    address: str | None = None,
+    device: str = "auto",
+    max_failures: int = 1,
+    max_concurrent: int | None = None,
+    num_cpus: int | None = None,
+    verbose: int = 1,
+    tracking: TrackingContext | None = None,
+) -> list[TrialResult]:
+    """Run ``specs`` as Tune trials; returns the results read back from the run directory."""
+    from ray import tune
+
+    if not specs:
+        return []
+    run_dir = Path(run_dir).resolve()
+    _fit(specs, run_dir, EXPERIMENT, {"spec": tune.grid_search([s.model_dump(mode="json") for s in specs])},
+         address=address, num_cpus=num_cpus, device=device, max_failures=max_failures, verbose=verbose,
+         tracking=tracking, tune_config={"max_concurrent_trials": max_concurrent})
+    return _read_results(run_dir, specs)

@@ -1,0 +1,121 @@
+"""Hyper-parameter sweeps: Optuna (TPE) through Ray Tune over a suite's ``sweep.space``.
+
+The space becomes Optuna distributions (picklable, so Tune can checkpoint the searcher — a lambda could not be); the
+study persists in ``<run dir>/sweep/optuna.db`` (inspect it with Optuna's own tools, e.g. ``optuna-dashboard``); the
+best configuration (``scope="all"``) is printed and written to ``<run dir>/sweep/best.json``. An interrupted sweep is
+restored with the searcher's history by re-running the same command with the same ``--run-dir``.
+
+One sweep sample = one trial of the sweep method at the suite's first shots setting and first seed, with the sampled
+values overriding the method's params.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from harness.executors.ray_tune import _fit, _spec_of
+from harness.suite import ParamSpace, Suite, trial_spec
+
+if TYPE_CHECKING:
+    from harness.tracking import TrackingContext
+
+SWEEP_EXPERIMENT = "sweep"
+
+
+def optuna_space(space: dict[str, ParamSpace]) -> dict[str, Any]:
+    """The suite's space as Optuna distributions."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    out: dict[str, Any] = {}
+    for name, dim in space.items():
+        if dim.int_ is not None:
+            out[name] = IntDistribution(*dim.int_)
+        elif dim.uniform is not None:
+            out[name] = FloatDistribution(*dim.uniform)
+        elif dim.loguniform is not None:
+            out[name] = FloatDistribution(*dim.loguniform, log=True)
+        else:
+            out[name] = CategoricalDistribution(list(dim.choice))
+    return out
+
+
+def _searcher_class():
+    from ray.tune.search.optuna import OptunaSearch
+
+    class FinalMetricOptunaSearch(OptunaSearch):
+        """Our trials report the metric once, at the end; intermediate reports only carry checkpoints."""
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            if self.metric in result:
+                super().on_trial_result(trial_id, result)
+
+    return FinalMetricOptunaSearch
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    metric: str
+    mode: str
+    best_value: float | None
+    best_params: dict[str, Any]
+    best_trial: str | None
+    num_trials: int
+    storage: str
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2, default=str))
+
+
+def run_sweep(
+    suite: Suite,
+    run_dir: Path,
+    *,
+    address: str | None = None,
+    device: str = "auto",
+    num_cpus: int | None = None,
+    verbose: int = 1,
+    tracking: TrackingContext | None = None,
+    seed: int = 0,
+) -> SweepOutcome:
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+
+    if suite.sweep is None:
+        raise ValueError(f"suite {suite.name!r} has no sweep section")
+    sweep = suite.sweep
+    run_dir = Path(run_dir).resolve()
+    sweep_dir = run_dir / "sweep"
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    storage_url = f"sqlite:///{sweep_dir / 'optuna.db'}"
+    base = trial_spec(suite, suite.method_entry(sweep.method), suite.protocol.shots[0], suite.protocol.seeds[0])
+
+    searcher = _searcher_class()(
+        space=optuna_space(sweep.space),
+        study_name=f"{suite.name}-{sweep.method}",
+        storage=optuna.storages.RDBStorage(storage_url),
+        sampler=optuna.samplers.TPESampler(seed=seed),
+    )
+    search_alg = ConcurrencyLimiter(searcher, max_concurrent=sweep.max_concurrent) if sweep.max_concurrent else searcher
+    # the metric arrives with a trial's last report only; checkpoint reports before it do not carry it
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    grid = _fit(
+        [base], run_dir, SWEEP_EXPERIMENT, {"spec": base.model_dump(mode="json")},
+        address=address, num_cpus=num_cpus, device=device, max_failures=suite.resources.max_failures,
+        verbose=verbose, tracking=tracking,
+        tune_config={"search_alg": search_alg, "num_samples": sweep.num_samples, "metric": sweep.metric,
+                     "mode": sweep.mode},
+    )
+    scored = [r for r in grid if r.metrics and sweep.metric in r.metrics]
+    best_value, best_params, best_trial = None, {}, None
+    if scored:
+        best = grid.get_best_result(metric=sweep.metric, mode=sweep.mode, scope="all")
+        best_params = {k: v for k, v in best.config.items() if k != "spec"}
+        best_value = float(best.metrics_dataframe[sweep.metric].agg(sweep.mode))
+        best_trial = _spec_of(best.config).trial_id
+    outcome = SweepOutcome(sweep.metric, sweep.mode, best_value, best_params, best_trial, len(grid), storage_url)
+    outcome.write(sweep_dir / "best.json")
+    return outcome
