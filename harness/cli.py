@@ -111,8 +111,12 @@ def _session(suite, suite_file: Path, *, executor: str, address: str | None, run
             except (ValueError, ConnectionError) as exc:
                 err_console.print(f"[red]✗[/red] {exc}", highlight=False)
                 raise typer.Exit(2) from None
-            context = mlflow_tracking.start_run_tracking(suite, suite_file, run.path, uri, executor=executor,
-                                                         cluster_name=address)
+            try:
+                context = mlflow_tracking.start_run_tracking(suite, suite_file, run.path, uri, executor=executor,
+                                                             cluster_name=address)
+            except Exception as exc:  # noqa: BLE001 - any MLflow failure here: say so before trials run
+                err_console.print(f"[red]✗[/red] cannot start MLflow tracking at {uri}: {exc}", highlight=False)
+                raise typer.Exit(2) from None
             console.print(f"MLflow: {uri} (experiment {suite.name!r}); browse with `harness ui {run.path}`",
                           highlight=False)
         if connection is not None:
@@ -169,6 +173,7 @@ def run(
             run_inprocess(pending, run.path, device=device, progress=progress, tracking=context)
         outcome["failed"] = sum(run.finished(s) is None for s in specs)
         _print_summary(run.path)
+    _write_report(run.path)
     failed = outcome["failed"]
     console.print(f"results: {run.path}/trials/*/result.json ({len(specs) - failed} ok, {failed} failed)")
     raise typer.Exit(1 if failed else 0)
@@ -197,12 +202,63 @@ def sweep(
         result = run_sweep(suite, run.path, device=device, verbose=1 if progress else 0, tracking=context)
         outcome["failed"] = int(result.best_value is None)
         _print_summary(run.path)
+    _write_report(run.path)
     if result.best_value is None:
         err_console.print("[red]✗[/red] no sweep trial produced the metric", highlight=False)
         raise typer.Exit(1)
     console.print(f"best {result.metric} ({result.mode}) = {result.best_value:.4g} with {result.best_params} "
                   f"(trial {result.best_trial}); written to {run.path / 'sweep' / 'best.json'}; Optuna study: "
                   f"{result.storage}", highlight=False)
+
+
+@app.command()
+def report(
+    source: Annotated[str, typer.Argument(
+        help="a run directory, or an MLflow experiment (suite) name with --tracking-uri")],
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", help="write here (e.g. reports/<suite>) instead of <run dir>/report")] = None,
+    tracking_uri: TrackingUriOption = None,
+    run_id: Annotated[Optional[str], typer.Option(
+        help="MLflow parent run (default: the newest of the experiment)")] = None,
+) -> None:
+    """Build the comparison report (index.html + README.md) of a run directory or an MLflow experiment."""
+    from harness.report import build_report
+
+    try:
+        path = build_report(source, out, tracking_uri=tracking_uri, run_id=run_id)
+    except (ValueError, FileNotFoundError) as exc:
+        err_console.print(f"[red]✗[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    console.print(f"report: {path / 'index.html'} and {path / 'README.md'}", highlight=False)
+
+
+@app.command()
+def ui(
+    run_dir: Annotated[Optional[Path], typer.Argument(help="run directory (default: the newest under runs/)")] = None,
+    port: Annotated[int, typer.Option(help="port of the MLflow UI")] = 5000,
+    host: Annotated[str, typer.Option(help="interface to bind (127.0.0.1: this machine only)")] = "127.0.0.1",
+) -> None:
+    """Serve the MLflow UI on a run directory's tracking store (Ctrl+C stops it)."""
+    from harness.tracking import serve_ui
+
+    try:
+        serve_ui(run_dir, port=port, host=host)
+    except FileNotFoundError as exc:
+        err_console.print(f"[red]✗[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _write_report(run_dir: Path) -> None:
+    """Every run renders its own report; a report failure is reported, and loses no result."""
+    from harness.report import build_report
+
+    try:
+        path = build_report(run_dir)
+    except Exception as exc:  # noqa: BLE001
+        err_console.print(f"[yellow]report not written: {exc}[/yellow] (retry with `harness report {run_dir}`)",
+                          highlight=False)
+        return
+    console.print(f"report: {path / 'index.html'}", highlight=False)
 
 
 def _print_summary(run_dir: Path) -> None:

@@ -95,6 +95,8 @@ def run_sweep(
 
     searcher = _searcher_class()(
         space=optuna_space(sweep.space),
+        metric=sweep.metric,
+        mode=sweep.mode,
         study_name=f"{suite.name}-{sweep.method}",
         storage=optuna.storages.RDBStorage(storage_url),
         sampler=optuna.samplers.TPESampler(seed=seed),
@@ -106,8 +108,7 @@ def run_sweep(
         [base], run_dir, SWEEP_EXPERIMENT, {"spec": base.model_dump(mode="json")},
         address=address, num_cpus=num_cpus, device=device, max_failures=suite.resources.max_failures,
         verbose=verbose, tracking=tracking,
-        tune_config={"search_alg": search_alg, "num_samples": sweep.num_samples, "metric": sweep.metric,
-                     "mode": sweep.mode},
+        tune_config={"search_alg": search_alg, "num_samples": sweep.num_samples},
     )
     scored = [r for r in grid if r.metrics and sweep.metric in r.metrics]
     best_value, best_params, best_trial = None, {}, None

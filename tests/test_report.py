@@ -1,0 +1,280 @@
+"""Comparison reports: from a real (tracked) smoke run directory, the same report from MLflow, the HTML in headless
+Chromium, and the statistics and layout on constructed results (CIs, reference rows, directions, failures, sweeps)."""
+
+from __future__ import annotations
+
+import html.parser
+import json
+import math
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from torchvision.utils import save_image
+
+from harness import tracking as tr
+from harness.executors import run_inprocess
+from harness.report import build_report, load_mlflow, load_run_dir, mean_ci
+from harness.run import RunDir
+from harness.suite import expand, load_suite
+from harness.trial import TrialResult
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "suites" / "smoke.yaml"
+
+
+@pytest.fixture(scope="module")
+def tracked_run(tmp_path_factory):
+    """The smoke suite (two seeds; the cheap downstream-accuracy metric when registered) run in-process, tracked
+    into the run directory's default sqlite store."""
+    from harness.metrics import METRICS
+
+    root = tmp_path_factory.mktemp("report")
+    data = yaml.safe_load(SMOKE.read_text())
+    data["protocol"]["seeds"] = [0, 1]
+    data["budget"]["steps"] = 10
+    if "accuracy" in METRICS:
+        data["evaluation"]["metrics"] = ["accuracy"]
+        data["evaluation"]["accuracy"] = {"steps": 20, "seeds": 2}
+    suite_file = root / "smoke-report.yaml"
+    suite_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    suite = load_suite(suite_file)
+    run = RunDir.create(suite, suite_file, path=root / "run")
+    uri = tr.resolve_tracking_uri(None, run.path, cluster=False)
+    context = tr.start_run_tracking(suite, suite_file, run.path, uri, executor="inprocess")
+    results = run_inprocess(expand(suite), run.path, device="cpu", progress=False, tracking=context)
+    tr.finish_run_tracking(context, "FINISHED")
+    assert [r.status for r in results] == ["ok"] * 4
+    return run.path, uri, [m.label or m.name for m in suite.methods], bool(data["evaluation"]["metrics"])
+
+
+def _table_rows(markdown: str, title: str) -> list[list[str]]:
+    """The body rows of the first Markdown table under the line ``**title**`` (or the heading ``## title``)."""
+    lines = markdown.splitlines()
+    start = lines.index(f"**{title}**") if f"**{title}**" in lines else lines.index(f"## {title}")
+    while not lines[start].startswith("|"):
+        start += 1
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split(" | ")])
+    return rows
+
+
+def test_report_from_a_run_directory_has_every_method_row(tracked_run):
+    run_dir, _, labels, has_metrics = tracked_run
+    out = build_report(run_dir)
+    assert out == run_dir / "report"
+    readme = (out / "README.md").read_text()
+    tables = ["Final losses and times, 5 shots"] + (["Metrics, 5 shots"] if has_metrics else [])
+    for title in tables:
+        rows = _table_rows(readme, title)
+        assert [r[0] for r in rows if not r[0].startswith("*")] == labels, title
+        assert all("±" in cell for r in rows if not r[0].startswith("*") for cell in r[1:] if cell), rows
+    if has_metrics:
+        header = next(line for line in readme.splitlines() if line.startswith("| method | accuracy"))
+        assert "accuracy ↑" in header  # direction from the stored higher_is_better
+        refs = [r[0] for r in _table_rows(readme, "Metrics, 5 shots") if r[0].startswith("*")]
+        assert refs == ["*real data (reference)*", "*classic_aug (baseline)*"]
+    samples = _table_rows(readme, "Samples, 5 shots")
+    assert [r[0] for r in samples] == ["real shots (seed 0)", *[f"{m} (seed 0)" for m in labels]]
+    for name in [p.split("](")[1].rstrip(")") for r in samples for p in r[1:]]:
+        assert (out / name).stat().st_size > 0
+    assert "embedded:" in readme and "split hashes" in readme and "git commit" in readme
+    assert not (run_dir.parent / "reports").exists() and not (ROOT / "reports" / "smoke").exists()
+
+
+def test_report_from_mlflow_equals_the_report_from_json(tracked_run, tmp_path):
+    run_dir, uri, _, _ = tracked_run
+    from_json, from_mlflow = load_run_dir(run_dir), load_mlflow("smoke", uri)
+    assert len(from_json.trials) == 4
+    pd.testing.assert_frame_equal(from_json.trials, from_mlflow.trials)
+    pd.testing.assert_frame_equal(from_json.values, from_mlflow.values)
+    a = build_report(run_dir, tmp_path / "json")
+    b = build_report("smoke", tmp_path / "mlflow", tracking_uri=uri)
+    text_a, text_b = (a / "README.md").read_text(), (b / "README.md").read_text()
+    assert text_a.rsplit("Source:", 1)[0] == text_b.rsplit("Source:", 1)[0]
+    assert "Source: MLflow experiment 'smoke'" in text_b
+    images = sorted(p.relative_to(a) for p in a.rglob("*.png"))
+    assert images and images == sorted(p.relative_to(b) for p in b.rglob("*.png"))
+    for path in images:
+        if path.parts[0] == "samples":  # the sample grids are the trials' own images, byte for byte
+            assert (a / path).read_bytes() == (b / path).read_bytes()
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        if found := shutil.which(name):
+            return found
+    return None
+
+
+class _Dom(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[dict[str, str]] = []
+        self.images: list[str] = []
+        self.external: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "tr" and "data-label" in attrs:
+            self.rows.append(attrs)
+        if tag == "img":
+            self.images.append(attrs.get("src", ""))
+        for key in ("src", "href"):
+            value = attrs.get(key) or ""
+            if value and not value.startswith(("data:", "#")):
+                self.external.append(value)
+
+
+def test_html_report_renders_tables_and_images_in_headless_chromium(tracked_run, tmp_path):
+    from PIL import Image, ImageStat
+
+    browser = _chromium()
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (apt-get install -y chromium); the browser test must run in CI")
+        pytest.skip("chromium is not installed")
+    run_dir, _, labels, _ = tracked_run
+    index = build_report(run_dir, tmp_path / "report") / "index.html"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([browser, *flags, "--dump-dom", index.as_uri()], capture_output=True, text=True,
+                         timeout=180)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    parser = _Dom()
+    parser.feed(dom.stdout)
+    method_rows = [r["data-label"] for r in parser.rows if r.get("class") == "method"]
+    for label in labels:
+        assert label in method_rows, (label, method_rows)
+    assert parser.images and all(src.startswith("data:image/png;base64,") for src in parser.images)
+    assert len(parser.images) >= 1 + 3 * 2  # a chart + (shots row + two methods) × two classes
+    assert parser.external == [], "the report must not reference anything outside itself"
+
+    shot = tmp_path / "shot.png"
+    done = subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1200,2000", "--hide-scrollbars",
+                           index.as_uri()], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0 and shot.is_file(), done.stderr[-2000:]
+    with Image.open(shot) as image:
+        assert image.size == (1200, 2000)
+        assert max(ImageStat.Stat(image.convert("L")).var) > 0, "blank screenshot"
+        assert len(image.convert("L").getcolors(1 << 16) or []) > 16  # text, tables and images, not a flat page
+
+
+# ----------------------------------------------------------------------- constructed results (fast, exact)
+
+
+def _write_trial(run_dir: Path, label: str, shots: int, seed: int, metrics: dict, *, status: str = "ok",
+                 error: str | None = None) -> None:
+    trial_id = f"{label}{shots}{seed}".ljust(12, "0")[:12]
+    name = f"{label}-{shots}shot-seed{seed}"
+    spec = {"label": label, "method": label, "shots": shots, "seed": seed, "novel_classes": [3, 4]}
+    result = TrialResult(trial_id, name, status, spec, metrics=metrics, final_losses={"loss_g": 1.0 + seed},
+                         provenance={"data_source": "embedded:test", "split_hash": f"split{shots}{seed}",
+                                     "evaluator": "domain_classifier", "evaluator_test_accuracy": 0.98},
+                         wall_times={"fit_s": 2.0 + seed, "total_s": 3.0}, error=error)
+    trial_dir = run_dir / "trials" / f"{name}-{trial_id}"
+    result.write(trial_dir)
+    if status == "ok":
+        save_image(torch.rand(2 * 4, 1, 8, 8), trial_dir / "samples.png", nrow=4, padding=2, pad_value=1.0)
+        save_image(torch.rand(2 * 3, 1, 8, 8), trial_dir / "shots.png", nrow=3, padding=2, pad_value=1.0)
+
+
+def _value(v, higher, *, reference=False, metric=None, std=None):
+    return {"value": v, "std": std, "higher_is_better": higher, "reference": reference, "metric": metric}
+
+
+def _constructed_run(run_dir: Path, *, with_metrics: bool = True) -> None:
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.json").write_text(json.dumps({"suite": "constructed", "command": "harness run x.yaml",
+                                                  "git_commit": "abc123", "versions": {"torch": "2.x"}}))
+    (run_dir / "suite.yaml").write_text(yaml.safe_dump({"name": "constructed", "methods": [
+        {"name": "zeta"}, {"name": "alpha"}], "evaluation": {"metrics": ["fid", "is", "score"]}}))
+    for shots in (5, 10):
+        for seed in (0, 1, 2):
+            for label, offset in (("zeta", 0.0), ("alpha", 1.0)):
+                metrics = {} if not with_metrics else {
+                    "fid": _value(10.0 * shots / 5 + seed + offset, False, metric="fid"),
+                    "fid/class_3": _value(11.0 + seed + offset, False, metric="fid"),
+                    "fid_real_floor": _value(1.5 + seed, False, reference=True, metric="fid"),
+                    "is": _value(1.0 + seed + offset, True, metric="is", std=0.1),
+                    "is_real": _value(4.0, True, reference=True, metric="is"),
+                    # a made-up name whose direction only the stored flag tells
+                    "score": _value(seed + 2 * offset, False, metric="score"),
+                }
+                _write_trial(run_dir, label, shots, seed, metrics)
+    _write_trial(run_dir, "alpha", 5, 3, {}, status="failed", error="TrialDiverged: non-finite loss at step 7")
+
+
+def test_statistics_directions_reference_rows_and_failures_on_constructed_results(tmp_path):
+    _constructed_run(tmp_path / "run")
+    n, mean, ci = mean_ci([1.0, 2.0, 3.0])
+    assert (n, mean) == (3, 2.0) and ci == pytest.approx(4.302652729911275 / math.sqrt(3))
+    assert math.isnan(mean_ci([5.0])[2])
+    out = build_report(tmp_path / "run")
+    readme = (out / "README.md").read_text()
+    rows = _table_rows(readme, "Metrics, 5 shots")
+    header = next(line for line in readme.splitlines() if line.startswith("| method | fid"))
+    assert [c.strip() for c in header.strip("|").split(" | ")][1:] == ["fid ↓", "is ↑", "score ↓"]
+    assert [r[0] for r in rows] == ["zeta", "alpha", "*real data (reference)*"]  # suite order, then references
+    zeta, alpha, real = rows
+    assert zeta[1] == "**11.0 ± 2.5**" and alpha[1] == "12.0 ± 2.5"  # fid: lower is better
+    assert alpha[2] == "**3.0 ± 2.5**" and zeta[2] == "2.0 ± 2.5"  # is: higher is better
+    assert zeta[3] == "**1.0 ± 2.5**"  # score: the stored flag says lower is better
+    assert real[1] == "2.5 ± 2.5" and real[2] == "4 ± 0" and real[3] == ""
+    per_class = _table_rows(readme, "fid ↓ per class, 5 shots")
+    assert [r[0] for r in per_class] == ["zeta", "alpha"] and per_class[0][1] == "**12.0 ± 2.5**"
+    assert (out / "figures" / "vs-shots.png").stat().st_size > 0  # several shots settings ran
+    failed = _table_rows(readme, "Failed trials")
+    assert failed == [["alpha-5shot-seed3", "alpha", "5", "3", "failed", "TrialDiverged: non-finite loss at step 7"]]
+    assert "abc123" in readme and "harness run x.yaml" in readme and "embedded:test" in readme
+    page = (out / "index.html").read_text()
+    assert "<strong>11.0 ± 2.5</strong>" in page and 'http' not in page.replace("http-equiv", "")
+
+
+def test_single_seed_and_zero_metric_runs_say_so(tmp_path):
+    run_dir = tmp_path / "run"
+    _constructed_run(run_dir, with_metrics=False)
+    for path in run_dir.glob("trials/*seed[12]-*"):
+        shutil.rmtree(path)
+    readme = (build_report(run_dir) / "README.md").read_text()
+    assert "No evaluation metrics were recorded" in readme
+    assert "n = 1 seed: no confidence interval" in readme
+    rows = _table_rows(readme, "Final losses and times, 5 shots")
+    assert [r[0] for r in rows] == ["zeta", "alpha"] and rows[0][1] == "1"
+    assert (run_dir / "report" / "figures" / "fit-time-5.png").is_file()
+
+
+def test_sweep_section_shows_optuna_history_and_importances(tmp_path):
+    import optuna
+
+    run_dir = tmp_path / "run"
+    _constructed_run(run_dir)
+    (run_dir / "sweep").mkdir()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="constructed-alpha", direction="minimize",
+                                storage=f"sqlite:///{run_dir / 'sweep' / 'optuna.db'}",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: (t.suggest_float("lr", 1e-4, 1e-2, log=True) - 3e-3) ** 2 + t.suggest_int("n_c", 1, 8),
+                   n_trials=12)
+    out = build_report(run_dir)
+    readme = (out / "README.md").read_text()
+    assert "## Sweep" in readme and "constructed-alpha" in readme
+    assert (out / "figures" / "sweep-optimisation-history-constructed-alpha.png").stat().st_size > 0
+    assert (out / "figures" / "sweep-parameter-importances-constructed-alpha.png").stat().st_size > 0
+    page = (out / "index.html").read_text()
+    assert page.count("data:image/png;base64,") >= 4
+
+
+def test_report_of_an_unknown_source_explains_what_is_missing(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(ValueError, match="not a run directory"):
+        build_report(tmp_path / "nothing-here")

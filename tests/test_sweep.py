@@ -1,0 +1,56 @@
+"""Optuna sweeps through Ray Tune: distinct sampled configurations, a best one, a persistent Optuna study."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from harness.executors.sweep import optuna_space, run_sweep
+from harness.suite import ParamSpace, parse_suite
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _local_ray_without_token(monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+
+
+def test_space_becomes_optuna_distributions():
+    space = optuna_space({
+        "n": ParamSpace.model_validate({"int": [1, 8]}),
+        "lr": ParamSpace.model_validate({"loguniform": [1e-5, 1e-3]}),
+        "p": ParamSpace.model_validate({"uniform": [0.0, 1.0]}),
+        "norm": ParamSpace.model_validate({"choice": ["batch", "none"]}),
+    })
+    assert isinstance(space["n"], optuna.distributions.IntDistribution) and (space["n"].low, space["n"].high) == (1, 8)
+    assert space["lr"].log and not space["p"].log
+    assert space["norm"].choices == ("batch", "none")
+
+
+def test_sweep_of_four_samples_gives_four_configurations_and_a_best_one(tmp_path):
+    data = yaml.safe_load((ROOT / "suites" / "smoke.yaml").read_text())
+    data["methods"] = [{"name": "cgan", "params": {"width": 8}, "budget": {"steps": 5}}]
+    data["evaluation"]["metrics"] = ["fid"]
+    data["sweep"] = {"method": "cgan", "metric": "fid", "mode": "min", "num_samples": 4, "max_concurrent": 2,
+                     "space": {"lr_g": {"loguniform": [1e-5, 1e-3]}, "lr_d": {"loguniform": [1e-5, 1e-3]},
+                               "sampling": {"choice": ["pooled", "class_balanced"]}}}
+    suite = parse_suite(data, "sweep.yaml")
+    outcome = run_sweep(suite, tmp_path, num_cpus=2, device="cpu", verbose=0)
+
+    study = optuna.load_study(study_name="smoke-cgan", storage=outcome.storage)
+    finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(finished) == 4
+    configurations = {tuple(sorted(t.params.items())) for t in finished}
+    assert len(configurations) == 4
+    assert outcome.best_value == pytest.approx(min(t.value for t in finished))
+    assert set(outcome.best_params) == {"lr_g", "lr_d", "sampling"}
+    best = json.loads((tmp_path / "sweep" / "best.json").read_text())
+    assert best["best_params"] == outcome.best_params
+    results = [json.loads(p.read_text()) for p in tmp_path.glob("trials/*/result.json")]
+    assert len(results) == 4 and {r["spec"]["params"]["lr_g"] for r in results} == {
+        t.params["lr_g"] for t in finished}
