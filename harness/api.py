@@ -171,6 +171,11 @@ class GenerativeMethod(abc.ABC):
         self.num_classes = num_classes
         self.device = torch.device(device)
 
+    @classmethod
+    def check_environment(cls, config: pydantic.BaseModel) -> None:
+        """Raise (with a message saying what to put where) when something ``config`` needs is missing on this
+        machine, e.g. a pretrained weights file. The harness calls it before any trial runs; nothing may download."""
+
     @abc.abstractmethod
     def fit(self, task: FewShotTask, budget: Budget, hooks: FitHooks) -> None:
         """Train on ``task`` until ``budget.steps`` generator steps are done, reporting through ``hooks``.

@@ -13,11 +13,11 @@ from rich.table import Table
 
 from harness.executors import EXECUTORS
 from harness.registry import METHODS
-from harness.suite import SuiteError, expand, load_suite
+from harness.suite import SuiteError, environment_problems, expand, load_suite
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmark harness for few-shot image generation.")
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # errors unwrapped: one problem per line, greppable
 
 
 @app.command()
@@ -33,6 +33,9 @@ def validate(files: Annotated[list[Path], typer.Argument(help="suite YAML files"
             continue
         trials = expand(suite)
         console.print(f"[green]✓[/green] {file}: suite {suite.name!r}, {len(trials)} trials", highlight=False)
+        for loc, msg in environment_problems(suite):
+            console.print(f"[yellow]![/yellow] {file}: {loc}: {msg} (needed to run it here)", highlight=False,
+                          soft_wrap=True)
     raise typer.Exit(1 if bad else 0)
 
 
@@ -74,11 +77,16 @@ TrackingOption = Annotated[bool, typer.Option(help="log to MLflow (results are a
 
 
 def _load(suite_file: Path):
+    """The suite, valid and runnable here (weights files present), or exit 2 with every problem named."""
     try:
-        return load_suite(suite_file)
+        suite = load_suite(suite_file)
+        problems = environment_problems(suite)
+        if problems:
+            raise SuiteError(str(suite_file), problems)
     except SuiteError as exc:
         err_console.print(f"[red]✗[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
+    return suite
 
 
 @contextlib.contextmanager
@@ -268,7 +276,8 @@ def _print_summary(run_dir: Path) -> None:
     for path in sorted(run_dir.glob(f"trials/*/{RESULT_FILE}")):
         r = TrialResult.load(path)
         losses = " ".join(f"{k}={v:.3f}" for k, v in r.final_losses.items())
-        shown = " ".join(f"{k}={v['value']:.3g}" for k, v in r.metrics.items())
+        shown = " ".join(f"{k}={v['value']:.3g}" for k, v in r.metrics.items()  # pooled, generated only
+                         if "/" not in k and not v.get("reference") and v.get("value") is not None)
         status = "[green]ok[/green]" if r.status == "ok" else f"[red]{r.status}[/red]: {r.error}"
         table.add_row(r.name, status, f"{r.wall_times.get('fit_s', float('nan')):.1f}", losses, shown)
     console.print(table)

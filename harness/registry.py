@@ -103,6 +103,7 @@ def _method_registry() -> Registry:
         "wgan": "methods.wgan:WGAN",
         "wgan_gp": "methods.wgan_gp:WGANGP",
         "cgan": "methods.cgan:CGAN",
+        "glico": "methods.glico:GLICO",
     }.items():
         registry.register(name, target)
     return registry

@@ -314,13 +314,8 @@ def _cross_checks(suite: Suite, info: DatasetInfo) -> list[tuple[str, str]]:
         except pydantic.ValidationError as exc:
             problems += _pydantic_problems(exc, f"methods[{i}].params")
 
-    from harness.metrics import METRICS, check_evaluator  # imported late to keep `validate` light
+    from harness.metrics import METRICS  # imported late to keep `validate` light
 
-    if suite.evaluation.metrics:
-        try:
-            check_evaluator(suite.evaluation)
-        except ValueError as exc:
-            problems.append(("evaluation.evaluator", str(exc)))
     for i, name in enumerate(suite.evaluation.metrics):
         if name not in METRICS:
             problems.append((f"evaluation.metrics[{i}]", str(UnknownNameError(
@@ -338,6 +333,29 @@ def _cross_checks(suite: Suite, info: DatasetInfo) -> list[tuple[str, str]]:
                     problems.append((f"sweep.space.{key}", f"not a parameter of {entry.name!r}"))
         if s.metric not in suite.evaluation.metrics:
             problems.append(("sweep.metric", f"{s.metric!r} is not among evaluation.metrics"))
+    return problems
+
+
+def environment_problems(suite: Suite) -> list[tuple[str, str]]:
+    """What this machine lacks for ``suite`` (weights files of the evaluator or of a method's pretrained network).
+
+    Separate from validation: a suite written for a GPU cluster is valid on a laptop without the weights; ``harness
+    run`` refuses to start on these problems, ``harness validate`` reports them as warnings.
+    """
+    from harness.metrics import check_evaluator
+
+    problems: list[tuple[str, str]] = []
+    if suite.evaluation.metrics:
+        try:
+            check_evaluator(suite.evaluation)
+        except (ValueError, OSError) as exc:
+            problems.append(("evaluation.evaluator", str(exc)))
+    for i, entry in enumerate(suite.methods):
+        method_cls = METHODS.get(entry.name)
+        try:
+            method_cls.check_environment(method_cls.Config(**entry.params))
+        except (ValueError, OSError) as exc:
+            problems.append((f"methods[{i}].params", str(exc)))
     return problems
 
 

@@ -66,3 +66,17 @@ def test_run_rejects_an_invalid_suite_before_running_anything(tmp_path):
     assert out.returncode == 2
     assert "protocol.shots[0]" in out.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_run_refuses_to_start_without_a_needed_weights_file_and_validate_warns(tmp_path):
+    suite = tmp_path / "vgg.yaml"
+    suite.write_text((ROOT / "suites" / "smoke.yaml").read_text().replace(
+        "  - {name: cgan, params: {width: 16}}",
+        f"  - {{name: glico, params: {{perceptual: vgg16, vgg16_weights: {tmp_path / 'missing.pth'}}}}}"))
+    checked = harness("validate", str(suite))
+    assert checked.returncode == 0, checked.stderr
+    assert "methods[1].params" in checked.stdout and "missing.pth" in checked.stdout
+    out = harness("run", str(suite), "--runs-root", str(tmp_path / "runs"), "--executor", "inprocess")
+    assert out.returncode == 2
+    assert "vgg16-397923af.pth" in out.stderr and "missing.pth" in out.stderr
+    assert not (tmp_path / "runs").exists()
