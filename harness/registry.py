@@ -104,6 +104,7 @@ def _method_registry() -> Registry:
         "wgan_gp": "methods.wgan_gp:WGANGP",
         "cgan": "methods.cgan:CGAN",
         "glico": "methods.glico:GLICO",
+        "metacgan": "methods.metacgan:MetaCGAN",
     }.items():
         registry.register(name, target)
     return registry

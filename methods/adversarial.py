@@ -9,6 +9,11 @@ logging, checkpoint offers, the divergence check, ``state_dict`` and sampling. A
 * optionally ``penalty(real, fake, labels)`` (added to the discriminator loss, logged as ``gp``), ``after_d_step()``
   (e.g. weight clipping), the class variable ``critic_norm`` and, for conditional methods, ``sampling_mode()``.
 
+A method whose step differs more (e.g. MetaCGAN: extra networks, batches alternating between base and novel classes)
+overrides ``_train_step`` and uses the generic hooks ``build_modules()`` (its extra networks, built before weights are
+initialised and optimisers made), ``make_sampler(task, pool)`` (what ``_train_step`` draws batches from) and
+``step_info()`` (facts about the step just taken, added to the logged ``info``); ``fit`` stays the one loop.
+
 One *step* is one generator update preceded by ``n_critic`` discriminator updates (each on a fresh real batch), as in
 the papers' algorithms; ``budget.steps`` counts steps. Training images are scaled once to [-1, 1] (the tanh range).
 Randomness (initial weights, batches, noise, augmentations, gradient-penalty mixing) comes from one ``torch.Generator``
@@ -132,6 +137,7 @@ class AdversarialMethod(GenerativeMethod):
         self.D = Discriminator(channels, height, config.width, label_classes, self.critic_norm)
         self.G.to(self.device)
         self.D.to(self.device)
+        self.build_modules()
         # placeholder weights so that sample() works before fit(); fit() re-draws them from task.seed
         self._init_weights(torch.Generator(device=self.device).manual_seed(0))
         self.opt_g, self.opt_d = self.make_optimizers()
@@ -162,6 +168,20 @@ class AdversarialMethod(GenerativeMethod):
 
     def sampling_mode(self) -> Literal["uniform", "class_balanced"]:
         return "uniform"
+
+    def build_modules(self) -> None:
+        """Called once by ``__init__`` after ``G`` and ``D`` exist (on ``self.device``), before the weights are
+        initialised and the optimisers made: a method adds its other networks here. It then also initialises them in
+        ``_init_weights``, optimises them in ``make_optimizers`` and saves them in ``state_dict``."""
+
+    def make_sampler(self, task: FewShotTask, pool: LabeledImages) -> Any:
+        """What ``_train_step`` draws its batches from, made once per ``fit`` call (``pool``: ``training_pool``'s
+        images, on ``self.device``). Default: a :class:`BatchSampler` over ``pool`` scaled to [-1, 1]."""
+        return BatchSampler(pool.images * 2 - 1, pool.labels.long(), self.sampling_mode())
+
+    def step_info(self) -> dict[str, Any]:
+        """Facts about the step just taken, merged into the ``info`` logged with its losses (default: none)."""
+        return {}
 
     @property
     def n_critic(self) -> int:
@@ -214,7 +234,7 @@ class AdversarialMethod(GenerativeMethod):
             low, high = int(pool.labels.min()), int(pool.labels.max())
             if low < 0 or high >= self.num_classes:
                 raise ValueError(f"{self.name}: labels must lie in [0, {self.num_classes}), got [{low}, {high}]")
-        sampler = BatchSampler(pool.images * 2 - 1, pool.labels.long(), self.sampling_mode())
+        sampler = self.make_sampler(task, pool)
         if self.step == 0:
             self._rng = torch.Generator(device=self.device).manual_seed(task.seed)
             self._init_weights(self._rng)
@@ -232,7 +252,7 @@ class AdversarialMethod(GenerativeMethod):
                 for key, value in values.items():
                     if not math.isfinite(value):
                         raise TrialDiverged(f"{self.name}: {key}={value} at step {step}")
-                hooks.log(step, values, info)
+                hooks.log(step, values, {**info, **self.step_info()})
             if budget.checkpoint_every and self.step % budget.checkpoint_every == 0:
                 hooks.checkpoint(step)
 

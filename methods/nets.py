@@ -19,6 +19,7 @@ penalty's double backward); DiffAugment adds 2-5 ms. Almost all of it is convolu
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Literal
 
 import torch
@@ -32,6 +33,7 @@ __all__ = [
     "Generator",
     "OneHotMapConv",
     "UpBlock",
+    "conv_transpose2d_per_sample",
     "dcgan_init",
     "spatial_plan",
 ]
@@ -41,7 +43,7 @@ _START_SIZES = {28: 7, 32: 4, 64: 4}
 SUPPORTED_SIZES = tuple(sorted(_START_SIZES))
 
 GeneratorNorm = Literal["batch", "none"]
-DiscriminatorNorm = Literal["batch", "layer", "none"]
+DiscriminatorNorm = Literal["batch", "layer", "instance", "none"]
 
 
 def spatial_plan(image_size: int) -> tuple[int, int]:
@@ -61,9 +63,30 @@ def _norm2d(kind: str, channels: int) -> nn.Module:
     if kind == "layer":
         # LayerNorm over (C, H, W) per sample with a per-channel affine: no statistics shared across the batch
         return nn.GroupNorm(1, channels)
+    if kind == "instance":
+        # per sample and channel over (H, W), with a per-channel affine; no running statistics
+        return nn.InstanceNorm2d(channels, affine=True)
     if kind == "none":
         return nn.Identity()
-    raise ValueError(f"unknown norm {kind!r}; expected 'batch', 'layer' or 'none'")
+    raise ValueError(f"unknown norm {kind!r}; expected 'batch', 'layer', 'instance' or 'none'")
+
+
+def conv_transpose2d_per_sample(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: int = 2,
+                                padding: int = 1) -> Tensor:
+    """``F.conv_transpose2d`` with one weight per sample: ``x`` is N×C_in×H×W, ``weight`` N×C_in×C_out×k×k.
+
+    One grouped transposed convolution (groups = N) over the batch folded into the channels: the arithmetic of the
+    shared-weight convolution, no Python loop. ``bias`` (C_out,) is shared by all samples.
+    """
+    n, c_in, height, width = x.shape
+    if weight.dim() != 5 or weight.shape[0] != n or weight.shape[1] != c_in:
+        raise ValueError(f"per-sample weight must be {n}×{c_in}×C_out×k×k, got {tuple(weight.shape)}")
+    c_out, k = weight.shape[2], weight.shape[3]
+    out = F.conv_transpose2d(
+        x.reshape(1, n * c_in, height, width), weight.reshape(n * c_in, c_out, k, weight.shape[4]),
+        None if bias is None else bias.repeat(n), stride=stride, padding=padding, groups=n,
+    )
+    return out.view(n, c_out, out.shape[-2], out.shape[-1])
 
 
 def _check(name: str, value: int, minimum: int) -> None:
@@ -74,7 +97,9 @@ def _check(name: str, value: int, minimum: int) -> None:
 class UpBlock(nn.Module):
     """``ConvTranspose2d(4, 2, 1)`` → norm → ReLU; doubles the spatial size.
 
-    ``weight`` replaces the deconvolution's weight for one call (e.g. hypernetwork-generated weights, MetaCGAN).
+    ``weight`` replaces the deconvolution's weight for one call (e.g. hypernetwork-generated weights, MetaCGAN): the
+    layer's shape C_in×C_out×4×4 for all samples, or N×C_in×C_out×4×4 for one weight per sample
+    (:func:`conv_transpose2d_per_sample`).
     """
 
     def __init__(self, in_channels: int, out_channels: int, norm: str) -> None:
@@ -86,6 +111,8 @@ class UpBlock(nn.Module):
     def forward(self, x: Tensor, weight: Tensor | None = None) -> Tensor:
         if weight is None:
             h = self.conv(x)
+        elif weight.dim() == 5:
+            h = conv_transpose2d_per_sample(x, weight, self.conv.bias, stride=2, padding=1)
         else:
             h = F.conv_transpose2d(x, weight, self.conv.bias, stride=2, padding=1)
         return self.act(self.norm(h))
@@ -169,7 +196,9 @@ class Generator(nn.Module):
 
     Parts, for methods that need to reach inside (e.g. hypernetwork-generated weights for one layer):
     ``stem`` (:class:`Stem`), ``blocks`` (``nn.ModuleList`` of :class:`UpBlock`, ``block.conv`` the deconvolution),
-    ``to_image`` (the last ``ConvTranspose2d`` to ``channels``) and ``out`` (tanh).
+    ``to_image`` (the last ``ConvTranspose2d`` to ``channels``) and ``out`` (tanh). :attr:`deconvolutions` lists the
+    transposed convolutions in order (the up-blocks' then ``to_image``); ``forward``'s ``deconv_weights`` replaces
+    the weights of some of them, by index into that list, for one call (shared or per-sample, as in :class:`UpBlock`).
     """
 
     def __init__(self, z_dim: int, channels: int, image_size: int, width: int = 64, num_classes: int = 0,
@@ -189,12 +218,42 @@ class Generator(nn.Module):
         self.to_image = nn.ConvTranspose2d(width, channels, 4, 2, 1)
         self.out = nn.Tanh()
 
-    def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+    @property
+    def deconvolutions(self) -> list[nn.ConvTranspose2d]:
+        """The transposed convolutions in order: each up-block's, then ``to_image``."""
+        return [block.conv for block in self.blocks] + [self.to_image]
+
+    def _replacement_weights(self, deconv_weights: Mapping[int, Tensor] | None, n: int) -> dict[int, Tensor]:
+        if not deconv_weights:
+            return {}
+        layers = self.deconvolutions
+        weights = {}
+        for index, weight in deconv_weights.items():
+            if not -len(layers) <= index < len(layers):
+                raise ValueError(f"deconvolution index {index} out of range: the generator has {len(layers)}")
+            index %= len(layers)
+            shape = tuple(layers[index].weight.shape)
+            if tuple(weight.shape) not in (shape, (n, *shape)):
+                raise ValueError(f"weight for deconvolution {index} must have shape {shape} or {(n, *shape)}, got "
+                                 f"{tuple(weight.shape)}")
+            weights[index] = weight
+        return weights
+
+    def forward(self, z: Tensor, labels: Tensor | None = None,
+                deconv_weights: Mapping[int, Tensor] | None = None) -> Tensor:
         _check_labels(labels, self.num_classes, z.shape[0], "Generator")
+        weights = self._replacement_weights(deconv_weights, z.shape[0])
         h = self.stem(z, labels)
-        for block in self.blocks:
-            h = block(h)
-        return self.out(self.to_image(h))
+        for i, block in enumerate(self.blocks):
+            h = block(h, weights.get(i))
+        last = weights.get(len(self.blocks))
+        if last is None:
+            x = self.to_image(h)
+        elif last.dim() == 5:
+            x = conv_transpose2d_per_sample(h, last, self.to_image.bias, stride=2, padding=1)
+        else:
+            x = F.conv_transpose2d(h, last, self.to_image.bias, stride=2, padding=1)
+        return self.out(x)
 
 
 class Discriminator(nn.Module):
@@ -203,14 +262,19 @@ class Discriminator(nn.Module):
     Down-blocks with LeakyReLU(0.2); no normalisation on the first block (DCGAN); ``norm="layer"`` for critics that
     must not use batch norm (WGAN-GP). Conditioning: one-hot label maps concatenated to the input, as
     :class:`OneHotMapConv` (``label_maps``) added to the first convolution's output.
+
+    As an image encoder (MetaCGAN): ``out_features > 1`` gives an ``(N, out_features)`` output, and
+    :meth:`features` the flattened last feature map (the head's input), e.g. to pool it over a set of images.
     """
 
     def __init__(self, channels: int, image_size: int, width: int = 64, num_classes: int = 0,
-                 norm: DiscriminatorNorm = "batch") -> None:
+                 norm: DiscriminatorNorm = "batch", out_features: int = 1) -> None:
         super().__init__()
         _check("channels", channels, 1)
         _check("width", width, 1)
         _check("num_classes", num_classes, 0)
+        _check("out_features", out_features, 1)
+        self.out_features = out_features
         _norm2d(norm, 1)  # validates the name
         start, steps = spatial_plan(image_size)
         self.channels, self.image_size, self.num_classes = channels, image_size, num_classes
@@ -220,9 +284,10 @@ class Discriminator(nn.Module):
             for i in range(steps)
         )
         self.label_maps = OneHotMapConv(num_classes, width) if num_classes > 0 else None
-        self.head = nn.Linear(widths[-1] * start * start, 1)
+        self.head = nn.Linear(widths[-1] * start * start, out_features)
 
-    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+    def features(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        """The flattened last feature map, ``(N, F)``: what ``head`` sees."""
         _check_labels(labels, self.num_classes, x.shape[0], "Discriminator")
         h = x
         for i, block in enumerate(self.blocks):
@@ -230,7 +295,11 @@ class Discriminator(nn.Module):
             if i == 0 and self.label_maps is not None:
                 response = self.label_maps(labels, x.shape[-2], x.shape[-1])
             h = block(h, response)
-        return self.head(h.flatten(1)).squeeze(1)
+        return h.flatten(1)
+
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        out = self.head(self.features(x, labels))
+        return out.squeeze(1) if self.out_features == 1 else out
 
 
 @torch.no_grad()
@@ -249,6 +318,6 @@ def dcgan_init(module: nn.Module, generator: torch.Generator | None = None) -> N
             nn.init.normal_(m.weight, 1.0, 0.02, generator=generator)
             nn.init.zeros_(m.bias)
             m.reset_running_stats()
-        elif isinstance(m, nn.GroupNorm) and m.affine:
+        elif isinstance(m, (nn.GroupNorm, nn.InstanceNorm2d)) and m.affine:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)

@@ -54,3 +54,58 @@ def test_sweep_of_four_samples_gives_four_configurations_and_a_best_one(tmp_path
     results = [json.loads(p.read_text()) for p in tmp_path.glob("trials/*/result.json")]
     assert len(results) == 4 and {r["spec"]["params"]["lr_g"] for r in results} == {
         t.params["lr_g"] for t in finished}
+
+
+def test_interrupted_sweep_restores_with_the_searchers_history(tmp_path):
+    """Kill `harness sweep` after two of four samples; the same command finishes with four samples in all."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = yaml.safe_load((ROOT / "suites" / "smoke.yaml").read_text())
+    data["methods"] = [{"name": "cgan", "params": {"width": 8}, "budget": {"steps": 300}}]
+    data["evaluation"]["metrics"] = ["fid"]
+    data["resources"] = {"cpu": 2}  # one sample at a time
+    data["sweep"] = {"method": "cgan", "metric": "fid", "mode": "min", "num_samples": 4,
+                     "space": {"lr_g": {"loguniform": [1e-5, 1e-3]}}}
+    suite_file = tmp_path / "sweep.yaml"
+    suite_file.write_text(yaml.safe_dump(data))
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "harness.cli", "sweep", str(suite_file), "--run-dir", str(run_dir),
+               "--no-progress", "--device", "cpu", "--no-tracking"]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+
+    def finished() -> list[Path]:
+        return [p for p in run_dir.glob("trials/*/result.json") if json.loads(p.read_text())["status"] == "ok"]
+
+    driver = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and len(finished()) < 2:
+            assert driver.poll() is None, f"the sweep exited early with {driver.returncode}"
+            time.sleep(0.2)
+        time.sleep(2.5)  # let Tune snapshot the searcher after the second sample
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    before = {p: p.stat().st_mtime_ns for p in finished()}
+    assert 2 <= len(before) < 4
+
+    again = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = again.communicate(timeout=420)
+    finally:
+        if again.poll() is None:
+            os.killpg(again.pid, signal.SIGKILL)
+    assert again.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # finished samples not run again
+    study = optuna.load_study(study_name="smoke-cgan", storage=f"sqlite:///{run_dir / 'sweep' / 'optuna.db'}")
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 4, [t.state for t in study.trials]
+    assert len(finished()) == 4
+    assert json.loads((run_dir / "sweep" / "best.json").read_text())["best_value"] == pytest.approx(
+        min(t.value for t in complete))
