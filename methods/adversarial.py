@@ -33,12 +33,12 @@ import torch
 from torch import Tensor
 
 from harness.api import Budget, FewShotTask, FitHooks, GenerativeMethod, LabeledImages, TrialDiverged
+from methods.state import check_state_header, state_header
 from methods.diffaugment import diff_augment, parse_policy
 from methods.nets import Discriminator, Generator, dcgan_init
 
 __all__ = ["AdversarialConfig", "AdversarialMethod", "BatchSampler", "adam"]
 
-STATE_FORMAT = 1
 SAMPLE_CHUNK = 256  # images per generator forward in sample()
 
 
@@ -330,12 +330,7 @@ class AdversarialMethod(GenerativeMethod):
     def state_dict(self) -> dict[str, Any]:
         """A snapshot (tensors copied): networks, optimisers, step counter and random generator state."""
         return copy.deepcopy({
-            "format": STATE_FORMAT,
-            "method": self.name,
-            "config": self.config.model_dump(),
-            "image_shape": self.image_shape,
-            "num_classes": self.num_classes,
-            "step": self.step,
+            **state_header(self),
             "G": self.G.state_dict(),
             "D": self.D.state_dict(),
             "opt_g": self.opt_g.state_dict(),
@@ -344,15 +339,7 @@ class AdversarialMethod(GenerativeMethod):
         })
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("method") != self.name:
-            raise ValueError(f"state of method {state.get('method')!r} cannot be loaded into {self.name!r}")
-        if state.get("format") != STATE_FORMAT:
-            raise ValueError(f"unknown state format {state.get('format')!r} (expected {STATE_FORMAT})")
-        if tuple(state["image_shape"]) != self.image_shape or state["num_classes"] != self.num_classes:
-            raise ValueError(
-                f"state is for images {tuple(state['image_shape'])} and {state['num_classes']} classes, this method "
-                f"has {self.image_shape} and {self.num_classes}"
-            )
+        check_state_header(self, state)
         self.G.load_state_dict(state["G"])
         self.D.load_state_dict(state["D"])
         self.opt_g.load_state_dict(state["opt_g"])

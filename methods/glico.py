@@ -110,6 +110,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.api import Budget, FewShotTask, FitHooks, GenerativeMethod, LabeledImages, TrialDiverged
+from methods.state import check_state_header, state_header
 
 __all__ = [
     "GLICO",
@@ -124,7 +125,6 @@ __all__ = [
     "slerp",
 ]
 
-STATE_FORMAT = 1
 SAMPLE_CHUNK = 256  # images per generator forward in sample()
 FEATURE_CACHE_BYTES = 256 * 2**20  # perceptual features of the training images are cached when they fit in this
 VGG16_WEIGHTS_FILE = "vgg16-397923af.pth"  # torchvision's ImageNet VGG-16 (models.VGG16_Weights.IMAGENET1K_V1)
@@ -870,12 +870,7 @@ class GLICO(GenerativeMethod):
             return None if module is None else module.state_dict()
 
         return copy.deepcopy({
-            "format": STATE_FORMAT,
-            "method": self.name,
-            "config": self.config.model_dump(),
-            "image_shape": self.image_shape,
-            "num_classes": self.num_classes,
-            "step": self.step,
+            **state_header(self),
             "classes": self.classes,
             "base_classes": self.base_classes,
             "codes": None if self.codes is None else self.codes.detach(),
@@ -893,15 +888,7 @@ class GLICO(GenerativeMethod):
         })
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("method") != self.name:
-            raise ValueError(f"state of method {state.get('method')!r} cannot be loaded into {self.name!r}")
-        if state.get("format") != STATE_FORMAT:
-            raise ValueError(f"unknown state format {state.get('format')!r} (expected {STATE_FORMAT})")
-        if tuple(state["image_shape"]) != self.image_shape or state["num_classes"] != self.num_classes:
-            raise ValueError(
-                f"state is for images {tuple(state['image_shape'])} and {state['num_classes']} classes, this method "
-                f"has {self.image_shape} and {self.num_classes}"
-            )
+        check_state_header(self, state)
         self.G.load_state_dict(state["G"])
         self.step = int(state["step"])
         if state["codes"] is None:
