@@ -209,13 +209,15 @@ def run_trial(
     save_checkpoint: Callable[[dict[str, Any]], None] | None = None,
     on_log: Callable[..., None] | None = None,
     tracking: TrackingContext | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> TrialResult:
     """Fit, sample, evaluate and record one trial under ``run_dir/trials/<name>-<id>/``.
 
     ``restore`` is a checkpoint previously passed to ``save_checkpoint`` (resume). Without ``save_checkpoint`` a
     trial checkpoints to ``checkpoint.pt`` in its directory (when the budget asks for checkpoints) and resumes from it.
     A failure writes a ``failed`` result with the reason and re-raises, so the executor decides what happens next.
-    With ``tracking``, the trial logs into its MLflow child run (found again on resume); tracking problems are
+    ``provenance`` adds facts the executor knows (e.g. the Ray node). With ``tracking``, the trial logs into its MLflow
+    child run (found again on resume); tracking problems are
     warnings, never a lost result.
     """
     started = time.perf_counter()
@@ -230,6 +232,7 @@ def run_trial(
         "versions": package_versions(),
         "method_target": METHODS.target(spec.method),
         **host_facts(torch_device),
+        **(provenance or {}),
     }
     hooks: TrialHooks | None = None
     tracker = _SafeTracker(tracking, spec)

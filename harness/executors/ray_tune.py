@@ -53,14 +53,18 @@ def _spec_of(config: dict[str, Any]) -> TrialSpec:
 def tune_trainable(config: dict[str, Any], datasets: dict[str, Dataset], run_dir: str, device: str,
                    tracking: TrackingContext | None = None) -> None:
     """The Tune function trainable: one TrialSpec → ``run_trial`` with Tune checkpoints."""
+    import ray
     from ray import tune
 
     spec = _spec_of(config)
+    node_id = ray.get_runtime_context().get_node_id()
+    placement = {"ray_node_id": node_id, "ray_trial_id": tune.get_context().get_trial_id()}
     done = trial_dir_for(Path(run_dir), spec) / RESULT_FILE
     if done.exists():  # finished in an earlier invocation (or by another executor): keep it, do not recompute
         previous = TrialResult.load(done)
         if previous.status == "ok" and previous.trial_id == spec.trial_id:
-            tune.report({"status": "ok", "trial_id": spec.trial_id, "reused": 1, **_flat_metrics(previous)})
+            tune.report({"status": "ok", "harness_trial": spec.trial_id, "reused": 1, "node_id": node_id,
+                         **_flat_metrics(previous)})
             return
 
     restore = None
@@ -73,16 +77,17 @@ def tune_trainable(config: dict[str, Any], datasets: dict[str, Dataset], run_dir
         with tempfile.TemporaryDirectory() as directory:
             torch.save(state, Path(directory) / STATE_FILE)
             step = state["losses"][-1]["step"] if state.get("losses") else -1
-            tune.report({"status": "running", "trial_id": spec.trial_id, "step": step},
+            tune.report({"status": "running", "harness_trial": spec.trial_id, "step": step, "node_id": node_id},
                         checkpoint=tune.Checkpoint.from_directory(directory))
 
     try:
         result = run_trial(spec, run_dir, dataset=datasets[dataset_key(spec)], device=device,
-                           restore=restore, save_checkpoint=save_checkpoint, tracking=tracking)
+                           restore=restore, save_checkpoint=save_checkpoint, tracking=tracking,
+                           provenance=placement)
     except TrialDiverged as exc:  # retrying a diverged trial from its last checkpoint would diverge again
-        tune.report({"status": "failed", "trial_id": spec.trial_id, "error": str(exc)})
+        tune.report({"status": "failed", "harness_trial": spec.trial_id, "error": str(exc), "node_id": node_id})
         return
-    tune.report({"status": "ok", "trial_id": spec.trial_id, **_flat_metrics(result)})
+    tune.report({"status": "ok", "harness_trial": spec.trial_id, "node_id": node_id, **_flat_metrics(result)})
 
 
 def _trial_name(trial) -> str:
