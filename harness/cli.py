@@ -1,4 +1,4 @@
-"""The ``harness`` command: run, validate, methods, metrics."""
+"""The ``harness`` command: run, sweep, validate, report, ui, methods, metrics."""
 
 from __future__ import annotations
 
