@@ -94,6 +94,16 @@ def _check(name: str, value: int, minimum: int) -> None:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
+def deconvolve(conv: nn.ConvTranspose2d, x: Tensor, weight: Tensor | None = None) -> Tensor:
+    """``conv(x)``, or the same ×2 transposed convolution with a replacement ``weight``: one weight for the batch
+    (4-D) or one per sample (5-D, e.g. MetaCGAN's hypernetwork output); ``conv``'s bias is kept."""
+    if weight is None:
+        return conv(x)
+    if weight.dim() == 5:
+        return conv_transpose2d_per_sample(x, weight, conv.bias, stride=2, padding=1)
+    return F.conv_transpose2d(x, weight, conv.bias, stride=2, padding=1)
+
+
 class UpBlock(nn.Module):
     """``ConvTranspose2d(4, 2, 1)`` → norm → ReLU; doubles the spatial size.
 
@@ -109,13 +119,7 @@ class UpBlock(nn.Module):
         self.act = nn.ReLU()
 
     def forward(self, x: Tensor, weight: Tensor | None = None) -> Tensor:
-        if weight is None:
-            h = self.conv(x)
-        elif weight.dim() == 5:
-            h = conv_transpose2d_per_sample(x, weight, self.conv.bias, stride=2, padding=1)
-        else:
-            h = F.conv_transpose2d(x, weight, self.conv.bias, stride=2, padding=1)
-        return self.act(self.norm(h))
+        return self.act(self.norm(deconvolve(self.conv, x, weight)))
 
 
 class DownBlock(nn.Module):
@@ -246,14 +250,7 @@ class Generator(nn.Module):
         h = self.stem(z, labels)
         for i, block in enumerate(self.blocks):
             h = block(h, weights.get(i))
-        last = weights.get(len(self.blocks))
-        if last is None:
-            x = self.to_image(h)
-        elif last.dim() == 5:
-            x = conv_transpose2d_per_sample(h, last, self.to_image.bias, stride=2, padding=1)
-        else:
-            x = F.conv_transpose2d(h, last, self.to_image.bias, stride=2, padding=1)
-        return self.out(x)
+        return self.out(deconvolve(self.to_image, h, weights.get(len(self.blocks))))
 
 
 class Discriminator(nn.Module):
