@@ -62,6 +62,3 @@ class RunDir:
             return None
         result = TrialResult.load(path)
         return result if result.status == "ok" and result.trial_id == spec.trial_id else None
-
-    def results(self) -> list[TrialResult]:
-        return [TrialResult.load(p) for p in sorted(self.path.glob(f"trials/*/{RESULT_FILE}"))]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -440,9 +439,3 @@ def expand(suite: Suite, methods: list[str] | None = None) -> list[TrialSpec]:
         for seed in suite.protocol.seeds
     ]
 
-
-_SLUG = re.compile(r"[^A-Za-z0-9_.+-]+")
-
-
-def slug(text: str) -> str:
-    return _SLUG.sub("-", text).strip("-")
