@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import tempfile
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -62,7 +63,8 @@ def metrics() -> None:
     table = Table("name", "better", "description")
     for name in METRICS.names():
         spec = METRICS.get(name)
-        table.add_row(name, "↑ higher" if spec.higher_is_better else "↓ lower", spec.description)
+        better = f"{spec.target} (not ranked)" if spec.target else "↑ higher" if spec.higher_is_better else "↓ lower"
+        table.add_row(name, better, spec.description)
     console.print(table)
 
 
@@ -74,6 +76,13 @@ ProgressOption = Annotated[bool, typer.Option(help="show progress")]
 TrackingUriOption = Annotated[Optional[str], typer.Option(
     help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else a sqlite store in the run directory)")]
 TrackingOption = Annotated[bool, typer.Option(help="log to MLflow (results are always written as JSON)")]
+ClusterOption = Annotated[Optional[Path], typer.Option(
+    help="Ray cluster-launcher YAML: validate it, submit the run to its head as a Ray Job, stream the logs")]
+UpOption = Annotated[bool, typer.Option("--up", help="with --cluster: bring the cluster up first (like `ray up`)")]
+DashboardOption = Annotated[Optional[str], typer.Option(
+    help="with --cluster: the head's dashboard URL (default http://<head IP>:<--dashboard-port in the YAML or 8265>)")]
+StorageOption = Annotated[Optional[str], typer.Option(
+    help="shared storage every node can write (s3://, gs://, file:///shared/mount): needed on multi-node clusters")]
 
 
 def _load(suite_file: Path):
@@ -91,11 +100,25 @@ def _load(suite_file: Path):
 
 @contextlib.contextmanager
 def _session(suite, suite_file: Path, *, executor: str, address: str | None, run_dir: Path | None,
-             runs_root: Path, tracking: bool, tracking_uri: str | None):
-    """Reach Ray and the tracking server (clear errors before anything runs), open the run directory and the MLflow
-    parent run; close what was opened, whatever happens."""
-    from harness.run import RunDir
+             runs_root: Path, tracking: bool, tracking_uri: str | None, storage: str | None = None):
+    """Reach Ray and the tracking server (clear errors before anything runs), open the run directory (first fetched
+    from shared ``storage`` when it holds it: a resumed cluster run) and the MLflow parent run; close what was opened,
+    whatever happens. The yielded ``outcome`` carries the :class:`~harness.storage.RunStorage` (or None)."""
+    from harness.run import RunDir, new_run_path
 
+    run_storage = None
+    if storage is not None:
+        from harness.storage import RunStorage, StorageError, check_storage_uri, run_key
+
+        try:
+            uri = check_storage_uri(storage)
+        except StorageError as exc:
+            err_console.print(f"[red]✗[/red] {exc}", highlight=False)
+            raise typer.Exit(2) from None
+        run_dir = run_dir or new_run_path(suite, runs_root)
+        run_storage = RunStorage(uri, run_key(suite.name, run_dir))
+        if run_storage.download("", run_dir):
+            console.print(f"resuming the run stored at {run_storage.root}", highlight=False)
     connection = None
     if executor == "ray":
         from harness.executors.ray_tune import init_ray
@@ -131,7 +154,7 @@ def _session(suite, suite_file: Path, *, executor: str, address: str | None, run
             console.print(f"Ray: {address or 'local'} ({connection.address}); dashboard: "
                           f"{connection.dashboard_url or 'not installed (pip install ray[default])'}; Tune "
                           f"experiments under {run.path.resolve() / 'ray'}", highlight=False)
-        outcome: dict = {"failed": 0}
+        outcome: dict = {"failed": 0, "storage": run_storage}
         yield run, connection, context, outcome
         status = "FAILED" if outcome["failed"] else "FINISHED"
     finally:
@@ -155,6 +178,10 @@ def run(
     progress: ProgressOption = True,
     tracking_uri: TrackingUriOption = None,
     tracking: TrackingOption = True,
+    cluster: ClusterOption = None,
+    up: UpOption = False,
+    dashboard: DashboardOption = None,
+    storage: StorageOption = None,
 ) -> None:
     """Run every trial of a suite; one result.json per trial under the run directory, MLflow runs beside."""
     if executor not in EXECUTORS:
@@ -165,8 +192,16 @@ def run(
     except SuiteError as exc:
         err_console.print(f"[red]✗[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
+    if cluster is not None:
+        extra = ["--methods", only] if only else []
+        _run_on_cluster("run", suite, suite_file, cluster, up=up, dashboard=dashboard, storage=storage,
+                        run_dir=run_dir, runs_root=runs_root, tracking=tracking, tracking_uri=tracking_uri,
+                        extra_args=[*extra, "--device", device])
+    if storage is not None and executor != "ray":
+        raise typer.BadParameter("--storage is for the ray executor (trials on other nodes)")
     with _session(suite, suite_file, executor=executor, address=address, run_dir=run_dir, runs_root=runs_root,
-                  tracking=tracking, tracking_uri=tracking_uri) as (run, connection, context, outcome):
+                  tracking=tracking, tracking_uri=tracking_uri, storage=storage) as (run, connection, context,
+                                                                                     outcome):
         pending = [s for s in specs if run.finished(s) is None]
         console.print(f"suite [bold]{suite.name}[/bold]: {len(specs)} trials, {len(specs) - len(pending)} already "
                       f"finished", highlight=False)
@@ -174,14 +209,14 @@ def run(
             from harness.executors import run_ray
 
             run_ray(specs, run.path, device=device, max_failures=suite.resources.max_failures,
-                    verbose=1 if progress else 0, tracking=context)
+                    verbose=1 if progress else 0, tracking=context, storage=outcome["storage"])
         else:
             from harness.executors import run_inprocess
 
             run_inprocess(pending, run.path, device=device, progress=progress, tracking=context)
         outcome["failed"] = sum(run.finished(s) is None for s in specs)
         _print_summary(run.path)
-    _write_report(run.path)
+    _write_report(run.path, outcome["storage"])
     failed = outcome["failed"]
     console.print(f"results: {run.path}/trials/*/result.json ({len(specs) - failed} ok, {failed} failed)")
     raise typer.Exit(1 if failed else 0)
@@ -197,20 +232,30 @@ def sweep(
     progress: ProgressOption = True,
     tracking_uri: TrackingUriOption = None,
     tracking: TrackingOption = True,
+    cluster: ClusterOption = None,
+    up: UpOption = False,
+    dashboard: DashboardOption = None,
+    storage: StorageOption = None,
 ) -> None:
     """Search the suite's sweep space with Optuna through Ray Tune; prints and writes the best configuration."""
     suite = _load(suite_file)
     if suite.sweep is None:
         err_console.print(f"[red]✗[/red] {suite_file}: sweep: the suite has no sweep section", highlight=False)
         raise typer.Exit(2)
+    if cluster is not None:
+        _run_on_cluster("sweep", suite, suite_file, cluster, up=up, dashboard=dashboard, storage=storage,
+                        run_dir=run_dir, runs_root=runs_root, tracking=tracking, tracking_uri=tracking_uri,
+                        extra_args=["--device", device])
     with _session(suite, suite_file, executor="ray", address=address, run_dir=run_dir, runs_root=runs_root,
-                  tracking=tracking, tracking_uri=tracking_uri) as (run, _connection, context, outcome):
+                  tracking=tracking, tracking_uri=tracking_uri, storage=storage) as (run, _connection, context,
+                                                                                     outcome):
         from harness.executors.sweep import run_sweep
 
-        result = run_sweep(suite, run.path, device=device, verbose=1 if progress else 0, tracking=context)
+        result = run_sweep(suite, run.path, device=device, verbose=1 if progress else 0, tracking=context,
+                           storage=outcome["storage"])
         outcome["failed"] = int(result.best_value is None)
         _print_summary(run.path)
-    _write_report(run.path)
+    _write_report(run.path, outcome["storage"])
     if result.best_value is None:
         err_console.print("[red]✗[/red] no sweep trial produced the metric", highlight=False)
         raise typer.Exit(1)
@@ -256,17 +301,82 @@ def ui(
         raise typer.Exit(2) from None
 
 
-def _write_report(run_dir: Path) -> None:
-    """Every run renders its own report; a report failure is reported, and loses no result."""
+def _write_report(run_dir: Path, storage=None) -> None:
+    """Every run renders its own report; a report failure is reported, and loses no result. With shared storage,
+    the whole run directory (report, run.json, sweep study) is then copied there (Tune keeps ``ray/`` there itself)."""
     from harness.report import build_report
 
     try:
         path = build_report(run_dir)
+        console.print(f"report: {path / 'index.html'}", highlight=False)
     except Exception as exc:  # noqa: BLE001
         err_console.print(f"[yellow]report not written: {exc}[/yellow] (retry with `harness report {run_dir}`)",
                           highlight=False)
-        return
-    console.print(f"report: {path / 'index.html'}", highlight=False)
+    if storage is not None:
+        storage.upload(run_dir, skip=("ray",))
+        console.print(f"run stored at {storage.root}", highlight=False)
+
+
+def _run_on_cluster(command: str, suite, suite_file: Path, cluster_file: Path, *, up: bool, dashboard: str | None,
+                    storage: str | None, run_dir: Path | None, runs_root: Path, tracking: bool,
+                    tracking_uri: str | None, extra_args: list[str]) -> None:
+    """``--cluster``: check everything here, submit ``harness <command>`` as a Ray Job, follow it, fetch the run;
+    exits with the job's status (never returns)."""
+    from harness import cluster as ray_cluster
+    from harness.run import new_run_path
+    from harness.storage import RunStorage, StorageError, check_storage_uri, run_key
+
+    def fail(message: str) -> None:
+        err_console.print(f"[red]✗[/red] {message}", highlight=False)
+        raise typer.Exit(2)
+
+    try:
+        target = ray_cluster.load_cluster_file(cluster_file)
+    except ray_cluster.ClusterConfigError as exc:
+        fail(str(exc))
+    if storage is None:
+        fail("--cluster needs --storage URI (s3://, gs://, or file:/// on a file system every node mounts): trials "
+             "on worker nodes write their results there and this machine fetches the run from it")
+    try:
+        storage = check_storage_uri(storage)
+    except StorageError as exc:
+        fail(str(exc))
+    uri = None
+    if tracking:
+        from harness.tracking import resolve_tracking_uri
+
+        try:
+            uri = resolve_tracking_uri(tracking_uri, Path("."), cluster=True)
+        except ValueError as exc:
+            fail(f"{exc} (or pass --no-tracking)")
+    local_run = run_dir or new_run_path(suite, runs_root)
+    # the job's own copy of the run (the stored run is the one that counts); in the shipped working directory, or in
+    # a temporary folder when the project is used in place (fake multi-node: the job would write into ./runs)
+    remote_run = (f"runs/{suite.name}/{local_run.name}" if target.provider != "fake_multinode" else
+                  f"{tempfile.gettempdir()}/harness-job-runs/{suite.name}/{local_run.name}")
+    try:
+        request = ray_cluster.job_request(suite_file, root=ray_cluster.project_root(), storage=storage,
+                                          run_dir=remote_run, command=command, tracking_uri=uri,
+                                          extra_args=extra_args, ship_project=target.provider != "fake_multinode")
+        if up:
+            console.print(f"bringing up cluster {target.name!r} ({target.provider})", highlight=False)
+            ray_cluster.cluster_up(target)
+        address = target.dashboard_url(dashboard)
+        console.print(f"cluster {target.name!r} ({target.provider}, up to {target.max_workers} workers); "
+                      f"dashboard {address}; storage {storage}", highlight=False)
+        job_id, status = ray_cluster.submit_and_follow(
+            address, request, echo=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
+    except (FileNotFoundError, ConnectionError, ray_cluster.ClusterConfigError) as exc:
+        fail(str(exc))
+    stored = RunStorage(storage, run_key(suite.name, local_run))
+    try:
+        fetched = stored.download("", local_run)
+    except Exception as exc:  # noqa: BLE001 - e.g. no credentials for the bucket here: the run is safe in storage
+        fetched = False
+        err_console.print(f"[yellow]could not fetch {stored.root}: {exc}[/yellow]", highlight=False)
+    console.print(f"Ray Job {job_id}: exit status {status}; run: "
+                  f"{local_run if fetched else stored.root}", highlight=False)
+    raise typer.Exit(status)
 
 
 def _print_summary(run_dir: Path) -> None:

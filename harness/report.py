@@ -73,6 +73,16 @@ def _text(value: Any) -> str | None:
     return None if text in ("", NOT_APPLICABLE) else text
 
 
+# Values with a healthy target rather than a direction: never bolded as "best". The memorisation ratio is ≈ 1 when
+# samples are as far from the shots as unseen real images are; ≪ 1 means copies, ≫ 1 samples unlike the data (noise).
+# (Results written before the registry said so stored it as higher-is-better.)
+UNRANKED_METRICS = {"memorisation": "≈ 1"}
+
+
+def _unranked(key: str) -> bool:
+    return key.split("/", 1)[0] in UNRANKED_METRICS
+
+
 def _frames(trials: list[dict[str, Any]], values: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame]:
     t = pd.DataFrame(trials, columns=TRIAL_COLUMNS)
     t["shots"] = t["shots"].astype("int64")
@@ -88,6 +98,7 @@ def _frames(trials: list[dict[str, Any]], values: list[dict[str, Any]]) -> tuple
     v["reference"] = v["reference"].astype(bool)
     for column in ("trial_id", "kind", "key", "higher_is_better", "metric"):
         v[column] = v[column].astype(object).where(v[column].notna(), None)
+    v.loc[v.key.map(_unranked).astype(bool), "higher_is_better"] = None
     v = v.sort_values(["trial_id", "kind", "key"], kind="stable").reset_index(drop=True)
     return t, v
 
@@ -346,7 +357,9 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-").lower()
 
 
-def _arrow(higher: bool | None) -> str:
+def _arrow(higher: bool | None, key: str = "") -> str:
+    if key and _unranked(key):
+        return f" ({UNRANKED_METRICS[key.split('/', 1)[0]]})"
     if higher is None or (isinstance(higher, float) and math.isnan(higher)):
         return ""
     return " ↑" if bool(higher) else " ↓"
@@ -506,7 +519,7 @@ class Report:
         if not keys.empty:
             columns, refs = self._layout(keys)
             directions = dict(zip(keys.key, keys.higher_is_better, strict=True))
-            cols = [(c, f"{c}{_arrow(directions.get(c))}", directions.get(c)) for c in columns]
+            cols = [(c, f"{c}{_arrow(directions.get(c), c)}", directions.get(c)) for c in columns]
             table = self._table(f"metrics-{shots}", f"Metrics, {shots} shots", shots, cols, "metric", refs)
             if table is not None:
                 blocks.append(table)
@@ -546,7 +559,7 @@ class Report:
                 for k, c in zip(ref_group.key, ref_group["class"], strict=True):
                     if int(c) in by_class:
                         refs[k] = (by_class[int(c)], row)
-            table = self._table(f"per-class-{_slug(base)}-{shots}", f"{base}{_arrow(higher)} per class, {shots} shots",
+            table = self._table(f"per-class-{_slug(base)}-{shots}", f"{base}{_arrow(higher, base)} per class, {shots} shots",
                                 shots, cols, "metric", refs)
             if table is not None:
                 table.collapsed = True

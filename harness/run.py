@@ -18,6 +18,15 @@ from harness.trial import RESULT_FILE, TrialResult, trial_dir_for
 RUN_FILE = "run.json"
 
 
+def new_run_path(suite: Suite, root: Path = Path("runs")) -> Path:
+    """``root/<suite>/<timestamp>`` (with a counter if taken); not created."""
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path, n = root / suite.name / stamp, 1
+    while path.exists():
+        path, n = root / suite.name / f"{stamp}-{n}", n + 1
+    return path
+
+
 @dataclass
 class RunDir:
     path: Path
@@ -26,12 +35,7 @@ class RunDir:
     @classmethod
     def create(cls, suite: Suite, suite_file: Path, root: Path = Path("runs"), path: Path | None = None) -> RunDir:
         """A new ``root/<suite>/<timestamp>`` directory, or ``path`` (reused: finished trials are kept)."""
-        if path is None:
-            stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-            path = root / suite.name / stamp
-            n = 1
-            while path.exists():
-                path, n = root / suite.name / f"{stamp}-{n}", n + 1
+        path = path or new_run_path(suite, root)
         path.mkdir(parents=True, exist_ok=True)
         run = cls(path, suite)
         existing = path / RUN_FILE

@@ -7,6 +7,9 @@
   ``budget.checkpoint_every`` steps; a restarted trial (``FailureConfig(max_failures)``) continues from it.
 * Resume: the experiment lives in ``<run dir>/ray/``; re-running the same command restores it with
   ``Tuner.restore(resume_unfinished=True, resume_errored=True)`` — finished trials are kept, not run again.
+* Shared storage (``storage``, :mod:`harness.storage`; multi-node clusters): Tune keeps the experiment there
+  instead, each trial uploads its trial directory there when it ends (from whichever node ran it), and the driver
+  fetches the trial directories into its run directory at the end.
 * A diverging trial (non-finite loss) is reported as ``failed`` with its reason and is not retried; other errors are
   retried up to ``max_failures`` times, then the trial errors and the suite goes on.
 
@@ -31,6 +34,7 @@ from harness.suite import TrialSpec
 from harness.trial import RESULT_FILE, TrialResult, run_trial, trial_dir_for
 
 if TYPE_CHECKING:
+    from harness.storage import RunStorage
     from harness.tracking import TrackingContext
 
 log = logging.getLogger(__name__)
@@ -50,8 +54,19 @@ def _spec_of(config: dict[str, Any]) -> TrialSpec:
     return spec.model_copy(update={"params": {**spec.params, **sampled}}) if sampled else spec
 
 
+def _previous_result(trial_dir: Path, storage: RunStorage | None) -> TrialResult | None:
+    """The result a finished earlier invocation left (in shared storage if given: this node may never have seen it)."""
+    if storage is not None:
+        import json
+
+        text = storage.read_text(f"trials/{trial_dir.name}/{RESULT_FILE}")
+        return TrialResult(**json.loads(text)) if text else None
+    path = trial_dir / RESULT_FILE
+    return TrialResult.load(path) if path.exists() else None
+
+
 def tune_trainable(config: dict[str, Any], datasets: dict[str, Dataset], run_dir: str, device: str,
-                   tracking: TrackingContext | None = None) -> None:
+                   tracking: TrackingContext | None = None, storage: RunStorage | None = None) -> None:
     """The Tune function trainable: one TrialSpec → ``run_trial`` with Tune checkpoints."""
     import ray
     from ray import tune
@@ -59,9 +74,9 @@ def tune_trainable(config: dict[str, Any], datasets: dict[str, Dataset], run_dir
     spec = _spec_of(config)
     node_id = ray.get_runtime_context().get_node_id()
     placement = {"ray_node_id": node_id, "ray_trial_id": tune.get_context().get_trial_id()}
-    done = trial_dir_for(Path(run_dir), spec) / RESULT_FILE
-    if done.exists():  # finished in an earlier invocation (or by another executor): keep it, do not recompute
-        previous = TrialResult.load(done)
+    trial_dir = trial_dir_for(Path(run_dir), spec)
+    previous = _previous_result(trial_dir, storage)
+    if previous is not None:  # finished in an earlier invocation (or by another executor): keep it, do not recompute
         if previous.status == "ok" and previous.trial_id == spec.trial_id:
             tune.report({"status": "ok", "harness_trial": spec.trial_id, "reused": 1, "node_id": node_id,
                          **_flat_metrics(previous)})
@@ -85,8 +100,12 @@ def tune_trainable(config: dict[str, Any], datasets: dict[str, Dataset], run_dir
                            restore=restore, save_checkpoint=save_checkpoint, tracking=tracking,
                            provenance=placement)
     except TrialDiverged as exc:  # retrying a diverged trial from its last checkpoint would diverge again
+        if storage is not None:
+            storage.upload(trial_dir, f"trials/{trial_dir.name}")
         tune.report({"status": "failed", "harness_trial": spec.trial_id, "error": str(exc), "node_id": node_id})
         return
+    if storage is not None:  # before the final report: once Tune sees it, the driver may fetch the trial
+        storage.upload(trial_dir, f"trials/{trial_dir.name}")
     tune.report({"status": "ok", "harness_trial": spec.trial_id, "node_id": node_id, **_flat_metrics(result)})
 
 
@@ -152,8 +171,9 @@ def _fit(
     verbose: int,
     tracking: TrackingContext | None,
     tune_config: dict[str, Any],
+    storage: RunStorage | None = None,
 ):
-    """Build (or restore) and run one Tune experiment under ``run_dir/ray/<experiment_name>``."""
+    """Build (or restore) and run one Tune experiment under ``run_dir/ray/<experiment_name>`` (or in ``storage``)."""
     from ray import tune
 
     resources = specs[0].resources
@@ -163,13 +183,14 @@ def _fit(
     try:
         trainable = tune.with_resources(
             tune.with_parameters(tune_trainable, datasets=prepare(specs, device), run_dir=str(run_dir),
-                                 device=device, tracking=tracking),
+                                 device=device, tracking=tracking, storage=storage),
             {"cpu": resources.cpu, "gpu": resources.gpu},
         )
-        experiment = run_dir / "ray" / experiment_name
-        if tune.Tuner.can_restore(str(experiment)):
+        storage_path = storage.tune_path() if storage is not None else str(run_dir / "ray")
+        experiment = f"{storage_path}/{experiment_name}"
+        if tune.Tuner.can_restore(experiment):
             log.warning("restoring the interrupted Tune experiment in %s", experiment)
-            tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True,
+            tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,
                                        resume_errored=True)
         else:
             tuner = tune.Tuner(
@@ -180,7 +201,7 @@ def _fit(
                 ),
                 run_config=tune.RunConfig(
                     name=experiment_name,
-                    storage_path=str(run_dir / "ray"),
+                    storage_path=storage_path,
                     failure_config=tune.FailureConfig(max_failures=max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                     verbose=verbose,
@@ -198,7 +219,9 @@ def _fit(
             ray.shutdown()
 
 
-def _read_results(run_dir: Path, specs: list[TrialSpec]) -> list[TrialResult]:
+def _read_results(run_dir: Path, specs: list[TrialSpec], storage: RunStorage | None = None) -> list[TrialResult]:
+    if storage is not None:  # the trials' outputs, from whichever nodes ran them
+        storage.download("trials", run_dir / "trials")
     paths = [trial_dir_for(run_dir, spec) / RESULT_FILE for spec in specs]
     return [TrialResult.load(p) for p in paths if p.exists()]
 
@@ -214,8 +237,10 @@ def run_ray(
     num_cpus: int | None = None,
     verbose: int = 1,
     tracking: TrackingContext | None = None,
+    storage: RunStorage | None = None,
 ) -> list[TrialResult]:
-    """Run ``specs`` as Tune trials; returns the results read back from the run directory."""
+    """Run ``specs`` as Tune trials; returns the results read back from the run directory (fetched from
+    ``storage`` first when trials ran on other nodes)."""
     from ray import tune
 
     if not specs:
@@ -223,5 +248,5 @@ def run_ray(
     run_dir = Path(run_dir).resolve()
     _fit(specs, run_dir, EXPERIMENT, {"spec": tune.grid_search([s.model_dump(mode="json") for s in specs])},
          address=address, num_cpus=num_cpus, device=device, max_failures=max_failures, verbose=verbose,
-         tracking=tracking, tune_config={"max_concurrent_trials": max_concurrent})
-    return _read_results(run_dir, specs)
+         tracking=tracking, tune_config={"max_concurrent_trials": max_concurrent}, storage=storage)
+    return _read_results(run_dir, specs, storage)

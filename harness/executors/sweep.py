@@ -21,6 +21,7 @@ from harness.executors.ray_tune import _fit, _spec_of
 from harness.suite import ParamSpace, Suite, trial_spec
 
 if TYPE_CHECKING:
+    from harness.storage import RunStorage
     from harness.tracking import TrackingContext
 
 SWEEP_EXPERIMENT = "sweep"
@@ -80,6 +81,7 @@ def run_sweep(
     verbose: int = 1,
     tracking: TrackingContext | None = None,
     seed: int = 0,
+    storage: RunStorage | None = None,
 ) -> SweepOutcome:
     import optuna
     from ray.tune.search import ConcurrencyLimiter
@@ -108,8 +110,10 @@ def run_sweep(
         [base], run_dir, SWEEP_EXPERIMENT, {"spec": base.model_dump(mode="json")},
         address=address, num_cpus=num_cpus, device=device, max_failures=suite.resources.max_failures,
         verbose=verbose, tracking=tracking,
-        tune_config={"search_alg": search_alg, "num_samples": sweep.num_samples},
+        tune_config={"search_alg": search_alg, "num_samples": sweep.num_samples}, storage=storage,
     )
+    if storage is not None:
+        storage.download("trials", run_dir / "trials")
     scored = [r for r in grid if r.metrics and sweep.metric in r.metrics]
     best_value, best_params, best_trial = None, {}, None
     if scored:

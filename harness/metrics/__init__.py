@@ -51,6 +51,7 @@ class MetricSpec:
     description: str
     compute: Callable[..., dict[str, Any]] | str
     keys: tuple[str, ...] = ()
+    target: str | None = None  # a healthy value rather than a direction (reports do not rank it)
 
     def run(self, context: Any) -> dict[str, dict[str, Any]]:
         fn = self.compute
@@ -84,7 +85,7 @@ for _spec in (
                "(≈1 no copying, ≪1 copying), and the share of samples closer than the 5 % real quantile",
                f"{_C}:compute_memorisation",
                ("memorisation", "memorisation/class_<c>", "memorisation_close_share",
-                "memorisation_close_share/class_<c>")),
+                "memorisation_close_share/class_<c>"), target="≈ 1"),
 ):
     METRICS.register(_spec.name, _spec)
 
