@@ -37,7 +37,7 @@ REPORT_DIR = "report"
 TRIAL_COLUMNS = [
     "trial_id", "name", "label", "method", "shots", "seed", "status", "error", "novel_classes",
     "data_source", "split_hash", "dataset_fingerprint", "evaluator", "evaluator_hash", "evaluator_test_accuracy",
-    "git_commit", "host",
+    "git_commit", "host", "params",
 ]
 VALUE_COLUMNS = ["trial_id", "kind", "key", "value", "std", "higher_is_better", "reference", "metric"]
 TIME_KEYS = ("fit_s", "sample_s", "evaluate_s", "total_s")
@@ -104,12 +104,15 @@ def _frames(trials: list[dict[str, Any]], values: list[dict[str, Any]]) -> tuple
 
 
 def _trial_record(trial_id: str, name: str, spec: dict[str, Any], status: str, error: str | None,
-                  provenance: dict[str, Any]) -> dict[str, Any]:
+                  provenance: dict[str, Any], hyperparameters: dict[str, str]) -> dict[str, Any]:
+    """``hyperparameters``: the method's resolved config as flat strings (MLflow's ``hp.*`` params), so both sources
+    give the same record."""
     return {
         "trial_id": trial_id, "name": name, "label": spec["label"], "method": spec["method"],
         "shots": int(spec["shots"]), "seed": int(spec["seed"]), "status": status, "error": error or None,
         "novel_classes": _text(list(spec.get("novel_classes") or [])),
         **{k: _text(provenance.get(k)) for k in _PROVENANCE_KEYS},
+        "params": json.dumps(hyperparameters, sort_keys=True),
     }
 
 
@@ -122,7 +125,10 @@ def load_run_dir(run_dir: Path) -> ReportData:
     for path in sorted(run_dir.glob(f"trials/*/{RESULT_FILE}")):
         r = TrialResult.load(path)
         files[r.trial_id] = path.parent
-        trials.append(_trial_record(r.trial_id, r.name, r.spec, r.status, r.error, r.provenance))
+        from harness.tracking import flatten
+
+        trials.append(_trial_record(r.trial_id, r.name, r.spec, r.status, r.error, r.provenance,
+                                    flatten("", r.provenance.get("method_config") or {})))
         for key, entry in r.metrics.items():
             if not isinstance(entry, dict) or entry.get("value") is None:
                 continue
@@ -215,8 +221,10 @@ def load_mlflow(experiment: str, tracking_uri: str, run_id: str | None = None) -
                 "novel_classes": json.loads(params["novel_classes"]) if params.get("novel_classes") else []}
         provenance = {k: params.get(k) for k in tr.SPLIT_PARAMS}
         provenance.update({k: tags.get(f"harness.{k}") for k in _PROVENANCE_KEYS if k not in tr.SPLIT_PARAMS})
+        hyperparameters = {k[len("hp."):]: v for k, v in params.items()  # "n/a": a key another method has
+                           if k.startswith("hp.") and v != tr.NOT_APPLICABLE}
         trials.append(_trial_record(trial_id, child.info.run_name, spec, tags.get(tr.STATUS_TAG, "running"),
-                                    tags.get(tr.ERROR_TAG) or None, provenance))
+                                    tags.get(tr.ERROR_TAG) or None, provenance, hyperparameters))
         meta = tr.read_meta(tags)
         for key, (higher, reference, metric, has_std) in meta.get("metrics", {}).items():
             name = tr.mlflow_key(key)
@@ -374,7 +382,7 @@ class Report:
         # several trials of one method at the same shots and seed (a sweep's samples) are rows of their own
         clash = trials.duplicated(["label", "shots", "seed"], keep=False)
         trials["base_label"] = trials["label"]
-        trials.loc[clash, "label"] = [f"{r.label} ({r.trial_id[:8]})" for r in trials[clash].itertuples()]
+        trials.loc[clash, "label"] = _distinguishing_labels(trials[clash])
         self.trials = trials
         self.ok = trials[trials.status == "ok"]
         self.values = data.values.merge(trials[["trial_id", "label", "shots", "seed", "status"]], on="trial_id")
@@ -769,6 +777,29 @@ class Report:
         return Section("Provenance", [Table("provenance", "Provenance", ["", ""], rows, align="left")])
 
 
+def _distinguishing_labels(trials: pd.DataFrame) -> list[str]:
+    """Labels for trials sharing method label, shots and seed (a sweep's samples): the parameters that differ between
+    them (``metacgan (lr_d=1.1e-04, lr_g=3.8e-04, n_c=4)``), else the trial id."""
+    params = [json.loads(p) if isinstance(p, str) and p else {} for p in trials["params"]]
+    keys = sorted({k for p in params for k in p})
+    differing = [k for k in keys if len({json.dumps(p.get(k)) for p in params}) > 1]
+
+    def show(v: Any) -> str:
+        try:
+            number = float(v)
+        except (TypeError, ValueError):
+            return str(v)
+        return str(v) if number.is_integer() else f"{number:.2g}"
+
+    labels = []
+    for (label, trial_id), p in zip(trials[["label", "trial_id"]].itertuples(index=False), params, strict=True):
+        shown = ", ".join(f"{k}={show(p[k])}" for k in differing if k in p)
+        labels.append(f"{label} ({shown})" if shown else f"{label} ({trial_id[:8]})")
+    if len(set(labels)) < len(labels):  # rounding made two equal: fall back to ids
+        labels = [f"{label} ({trial_id[:8]})" for label, trial_id in trials[["label", "trial_id"]].itertuples(index=False)]
+    return labels
+
+
 def _subplots(n: int):
     from matplotlib.figure import Figure as MplFigure
 
@@ -834,6 +865,15 @@ def _study_blocks(study, name: str) -> list[Any]:
         rows.append(Row(f"objective ({direction})", [Cell(fmt(best.value), bold=True)]))
         blocks.append(Table(f"sweep-best-{_slug(name)}", f"Study `{name}`: best of {len(complete)} complete trials "
                             f"({len(study.trials)} in all)", ["parameter", "value"], rows))
+        ranked = sorted(complete, key=lambda t: t.value, reverse=direction == "max")
+        names = list(best.params)
+        all_rows = [Row(str(t.number), [Cell(fmt(t.params[k]) if isinstance(t.params.get(k), float)
+                                             else str(t.params.get(k, "–"))) for k in names]
+                        + [Cell(fmt(t.value), bold=t.number == best.number)]) for t in ranked]
+        table = Table(f"sweep-all-{_slug(name)}", f"Study `{name}`: every complete trial, best first",
+                      ["trial", *names, f"objective ({direction})"], all_rows)
+        table.collapsed = True
+        blocks.append(table)
     else:
         blocks.append(Text(f"Study `{name}`: no complete trial yet ({len(study.trials)} in all)."))
         return blocks
