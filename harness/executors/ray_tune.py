@@ -197,7 +197,11 @@ def _fit(
                 trainable,
                 param_space=param_space,
                 tune_config=tune.TuneConfig(
-                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_dirname, **tune_config
+                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_dirname,
+                    # a trial's worker process serves the next trial: no process start, imports and data fetch
+                    # per trial (3-4 s each, measured by benchmarks/bench_executor.py); run_trial seeds and sets
+                    # threads per trial, so results do not depend on which process ran a trial before
+                    reuse_actors=True, **tune_config
                 ),
                 run_config=tune.RunConfig(
                     name=experiment_name,
