@@ -97,6 +97,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "fit-compile": ("fit", {"compile": True}),
     "fit-bf16-compile": ("fit", {"precision": "bf16", "compile": True}),
 }
+NO_COMPILE = {"wgan_gp"}  # the gradient penalty's double backward (its config refuses compile)
 DEFAULT_VARIANTS = [v for v in VARIANTS if "compile" not in v]
 PACKED_VARIANTS = ["plain", "fit", "fit-bf16", "fit-bf16-cl"]
 
@@ -346,11 +347,13 @@ def count_flops(label: str, loop: str, tasks, steps: int = 4) -> float:
 
 
 def profile(label: str, variant: str, tasks, steps: int = 6) -> dict[str, Any]:
-    """Share of self CPU time per op over ``steps`` steps (after warm-up); the optimiser's inclusive share."""
+    """Share of self CPU time per op over ``steps`` steps (after warm-up), the optimiser's inclusive share and the
+    costliest convolution calls by input shapes (``aten::_convolution``'s self time is the transposed convolutions'
+    forward: oneDNN's deconvolution runs inside it)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    prof = torch_profile(activities=[ProfilerActivity.CPU])
+    prof = torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True)
 
     def on_step(n: int) -> None:
         if n == WARMUP:
@@ -368,8 +371,13 @@ def profile(label: str, variant: str, tasks, steps: int = 6) -> dict[str, Any]:
     def share(pred) -> float:
         return sum(e.self_cpu_time_total for e in events if pred(e.key)) / total
 
+    convs = [e for e in prof.key_averages(group_by_input_shape=True)
+             if e.key in ("aten::convolution_backward", "aten::_convolution", "aten::mkldnn_convolution")]
+    slowest = sorted(convs, key=lambda e: e.self_cpu_time_total, reverse=True)[:3]
     return {
         "top": [(e.key.removeprefix("aten::"), e.self_cpu_time_total / total) for e in top],
+        "convs": [(e.key.removeprefix("aten::"), [list(s) for s in e.input_shapes[:3]],
+                   e.self_cpu_time_total / 1000 / steps) for e in slowest],
         "conv": share(lambda k: "conv" in k),
         "matmul": share(lambda k: k in ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")),
         "norm": share(lambda k: "norm" in k),
@@ -394,6 +402,7 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
 
 def worker(jobs: list[tuple], threads: int, window: float, barrier, queue) -> None:
     """Runs ``jobs`` in this process with ``threads`` torch threads, putting ``(job, result)`` on ``queue``."""
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler's start/stop chatter on stderr
     torch.set_num_threads(threads)
     tasks = make_tasks()
     for job in jobs:
@@ -495,6 +504,8 @@ def main() -> None:
     info = machine()
     t_begin, load_begin = time.perf_counter(), load()
     print(f"{info['cpu']} ({info['flags']}), {info['cores']} cores, torch {info['torch']}; load {load_begin}")
+    if os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1):
+        print("warning: the machine is busy; 2-thread and packed numbers collapse when another process holds a core")
 
     results: dict[str, dict[tuple, list[Any]]] = {}
     for setting in threads:
@@ -505,7 +516,7 @@ def main() -> None:
             if setting == threads[0]:
                 jobs += [("flops", label, "plain"), ("flops", label, "fit")]
             jobs += [("rate", label, v) for v in chosen]
-            if setting == "1":
+            if setting == "1" and label not in NO_COMPILE:
                 jobs += [("rate", label, v) for v in compile_variants]
                 if not args.no_profile:
                     jobs += [("profile", label, "fit"), ("profile", label, "fit-bf16")]
@@ -575,7 +586,10 @@ def report(results, labels, variants, threads) -> tuple[str, str]:
                         fmt(100 * mfu if mfu is not None else None, ".1f") + " %"]
             if present:
                 lines.append("| " + " | ".join(row) + " |")
-    notes = ["", "Peak of a warm 2048³ matmul (GFLOP/s): " + "; ".join(
+    notes = ["", "MFU counts FlopCounterMode's model FLOPs, which include the multiply-adds with the convolutions' "
+             "zero padding (a quarter of a 7→14 transposed convolution's) that oneDNN skips, against MKL's sgemm: "
+             "well-shaped large convolutions can exceed 100 %.", "",
+             "Peak of a warm 2048³ matmul (GFLOP/s): " + "; ".join(
         f"{s} thr fp32 {fmt((one(s, ('peak', 'float32')) or math.nan) / 1e9, '.1f')}, "
         f"bf16 {fmt((one(s, ('peak', 'bfloat16')) or math.nan) / 1e9, '.1f')}"
         for s in threads if s != "packed")]
@@ -610,9 +624,12 @@ def report(results, labels, variants, threads) -> tuple[str, str]:
         for label, v, p in profiles:
             if isinstance(p, dict) and "top" in p:
                 top = ", ".join(f"{name} {100 * s:.0f} %" for name, s in p["top"])
+                convs = "; ".join(f"{name} {' '.join('×'.join(map(str, s)) for s in shapes if s)} {ms:.1f} ms"
+                                  for name, shapes, ms in p["convs"])
                 notes.append(f"- {label} {v} ({p['ms_per_step']:.1f} ms/step profiled): convolutions "
                              f"{100 * p['conv']:.0f} %, matmul {100 * p['matmul']:.0f} %, norms "
-                             f"{100 * p['norm']:.0f} %, optimiser {100 * p['optimizer']:.0f} %; top ops: {top}")
+                             f"{100 * p['norm']:.0f} %, optimiser {100 * p['optimizer']:.0f} %; top ops: {top}; "
+                             f"costliest convolution calls per step (input shapes): {convs}")
     return "\n".join(lines), "\n".join(notes)
 
 

@@ -13,7 +13,9 @@ config is part of a trial's provenance). ``benchmarks/bench_training.py`` measur
   results change in the last bits (other kernels), so opt-in.
 * ``compile``: ``nn.Module.compile()`` (TorchInductor) on the networks; state-dict keys are unchanged. The first steps
   pay the compilation, and sampling (eval mode, other batch sizes) compiles again. Not supported with the gradient
-  penalty (AOTAutograd has no double backward).
+  penalty (AOTAutograd has no double backward; WGAN-GP's config refuses it). On the 2-core development CPU it did not
+  pay: CGAN (width 32, 1 thread) compiled for 15-25 s and then ran 0.8× as fast as without it (bench_training.py);
+  meant for GPUs.
 * ``fused_optimizer``: optimisers are rebuilt with ``fused=True`` where PyTorch has a fused kernel (Adam, AdamW, SGD),
   else ``foreach=True`` (RMSprop). Fused Adam differs from the default implementation by rounding (about 1e-8 after a
   few steps), so opt-in.

@@ -146,3 +146,9 @@ def test_defaults_leave_the_step_unchanged():
         states.append(method.G.state_dict())
     for (key, a), b in zip(states[0].items(), states[1].values()):
         assert torch.equal(a, b), key
+
+
+def test_compile_is_refused_with_the_gradient_penalty():
+    with pytest.raises(ValueError, match="double backward"):
+        WGANGP.Config(compile=True)
+    assert CGAN.Config(compile=True).compile
