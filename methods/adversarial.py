@@ -36,6 +36,7 @@ from harness.api import Budget, FewShotTask, FitHooks, GenerativeMethod, Labeled
 from methods.state import check_state_header, state_header
 from methods.diffaugment import diff_augment, parse_policy
 from methods.nets import Discriminator, Generator, dcgan_init
+from methods.performance import PerformanceConfig, autocast, prepare_networks, prepare_optimizer
 
 __all__ = ["AdversarialConfig", "AdversarialMethod", "BatchSampler", "adam"]
 
@@ -43,16 +44,14 @@ SAMPLE_CHUNK = 256  # images per generator forward in sample()
 
 
 def adam(params, lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
-    """Adam as every baseline builds it (one place to choose the implementation).
-
-    PyTorch's default implementation: on the 2-core CPU ``fused=True`` / ``foreach=True`` made no measurable difference
-    (the convolutions take nearly all of a step), so the reference implementation stays.
-    """
+    """Adam as every baseline builds it: PyTorch's default implementation (the config's ``fused_optimizer`` swaps in
+    the fused kernel, :func:`methods.performance.prepare_optimizer`)."""
     return torch.optim.Adam(params, lr=lr, betas=betas)
 
 
-class AdversarialConfig(pydantic.BaseModel):
-    """Fields every GAN baseline has; each method adds its learning rates (``lr_g``, ``lr_d``) and the rest."""
+class AdversarialConfig(PerformanceConfig):
+    """Fields every GAN baseline has; each method adds its learning rates (``lr_g``, ``lr_d``) and the rest. The speed
+    settings (``precision``, ``channels_last``, ``compile``, ``fused_optimizer``) are :mod:`methods.performance`'s."""
 
     model_config = pydantic.ConfigDict(extra="forbid")
 
@@ -138,9 +137,10 @@ class AdversarialMethod(GenerativeMethod):
         self.G.to(self.device)
         self.D.to(self.device)
         self.build_modules()
+        prepare_networks(self.networks(), config)
         # placeholder weights so that sample() works before fit(); fit() re-draws them from task.seed
         self._init_weights(torch.Generator(device=self.device).manual_seed(0))
-        self.opt_g, self.opt_d = self.make_optimizers()
+        self.opt_g, self.opt_d = (prepare_optimizer(opt, config) for opt in self.make_optimizers())
         self.step = 0
         self._rng: torch.Generator | None = None
 
@@ -173,6 +173,11 @@ class AdversarialMethod(GenerativeMethod):
         """Called once by ``__init__`` after ``G`` and ``D`` exist (on ``self.device``), before the weights are
         initialised and the optimisers made: a method adds its other networks here. It then also initialises them in
         ``_init_weights``, optimises them in ``make_optimizers`` and saves them in ``state_dict``."""
+
+    def networks(self) -> list[torch.nn.Module]:
+        """Every network of the method (the speed settings apply to these): ``G``, ``D`` and those added by
+        ``build_modules``."""
+        return [self.G, self.D]
 
     def make_sampler(self, task: FewShotTask, pool: LabeledImages) -> Any:
         """What ``_train_step`` draws its batches from, made once per ``fit`` call (``pool``: ``training_pool``'s
@@ -245,7 +250,8 @@ class AdversarialMethod(GenerativeMethod):
         self.D.train()
         last = budget.steps - 1
         for step in range(self.step, budget.steps):
-            losses = self._train_step(sampler, budget.batch_size)
+            with autocast(self.config, self.device):
+                losses = self._train_step(sampler, budget.batch_size)
             self.step = step + 1
             if step % budget.log_every == 0 or step == last:
                 values = dict(zip(losses, torch.stack(list(losses.values())).tolist()))  # the one host sync

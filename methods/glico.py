@@ -110,6 +110,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.api import Budget, FewShotTask, FitHooks, GenerativeMethod, LabeledImages, TrialDiverged
+from methods.performance import PerformanceConfig, autocast, fill_contiguous, prepare_networks, prepare_optimizer
 from methods.state import check_state_header, state_header
 
 __all__ = [
@@ -139,9 +140,11 @@ SUPPORTED_SIZES = tuple(sorted(_GENERATOR_PLAN))
 
 # ---- configuration ---------------------------------------------------------------------------------------------------
 
-class GLICOConfig(pydantic.BaseModel):
+class GLICOConfig(PerformanceConfig):
     """GLICO's settings; defaults are the official code's (``train_glico.py``, ``nag_trainer.py``, ``model.py``,
-    ``evaluation.py``) unless stated."""
+    ``evaluation.py``) unless stated. The speed settings (``precision``, ``channels_last``, ``compile``,
+    ``fused_optimizer``: :mod:`methods.performance`) apply to the training steps; the base classifier's pre-training
+    keeps the default arithmetic (its layout and compilation follow the settings)."""
 
     model_config = pydantic.ConfigDict(extra="forbid")
 
@@ -379,7 +382,7 @@ class SmallCNN(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         for block in self.blocks:
             x = F.max_pool2d(block(x), 2)
-        return self.head(x.flatten(1))
+        return self.head(x.flatten(1)).float()  # float32 logits under bf16 autocast: the loss in float32
 
 
 class VGG16Features(nn.Module):
@@ -480,7 +483,8 @@ def _init_weights(module: nn.Module, generator: torch.Generator) -> None:
     """Official ``weights_init``: linear and conv weights Xavier-normal with gain √2; biases 0; BN weight 1, bias 0."""
     for m in module.modules():
         if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.xavier_normal_(m.weight, gain=math.sqrt(2.0), generator=generator)
+            gain = math.sqrt(2.0)
+            fill_contiguous(m.weight, lambda w: nn.init.xavier_normal_(w, gain=gain, generator=generator))
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
@@ -530,6 +534,7 @@ class GLICO(GenerativeMethod):
                     if c.perceptual == "vgg16" else None)
         self.G = GlicoGenerator(c.code_dim, c.noise_dim, channels, height, c.width, c.hidden, c.noise_proj)
         self.G.to(self.device)
+        prepare_networks([self.G], c)
         # placeholder weights; fit() re-draws them from task.seed
         _init_weights(self.G, torch.Generator(device=self.device).manual_seed(0))
         self.codes: Tensor | None = None
@@ -589,6 +594,7 @@ class GLICO(GenerativeMethod):
         if c.perceptual == "base_classifier":
             self.base_classifier = SmallCNN(channels, size, len(self.base_classes), c.base_classifier_width)
             self.base_classifier.to(self.device)
+        prepare_networks([net for net in (self.classifier, self.base_classifier) if net is not None], c)
         self._make_optimizers()
 
     def _make_optimizers(self) -> None:
@@ -597,8 +603,9 @@ class GLICO(GenerativeMethod):
         self.opt_g = _adam(self.G.parameters(), c.lr_g, c.betas, self.device)
         self.opt_c = None
         if self.classifier is not None:
-            self.opt_c = torch.optim.SGD(self.classifier.parameters(), lr=c.lr_classifier,
-                                         momentum=c.classifier_momentum, weight_decay=c.classifier_weight_decay)
+            self.opt_c = prepare_optimizer(torch.optim.SGD(
+                self.classifier.parameters(), lr=c.lr_classifier, momentum=c.classifier_momentum,
+                weight_decay=c.classifier_weight_decay), c)
 
     def _start(self, task: FewShotTask, pool: LabeledImages) -> None:
         """Fresh start at step 0: everything drawn from ``task.seed``; the base classifier is trained here."""
@@ -783,7 +790,8 @@ class GLICO(GenerativeMethod):
         last = budget.steps - 1
         for step in range(self.step, budget.steps):
             self._set_lr(step, n, batch)
-            losses = self._train_step(images, targets, batch)
+            with autocast(self.config, self.device):
+                losses = self._train_step(images, targets, batch)
             self.step = step + 1
             if step % budget.log_every == 0 or step == last:
                 values = dict(zip(losses, torch.stack(list(losses.values())).tolist()))  # the one host sync

@@ -297,6 +297,9 @@ class MetaCGAN(AdversarialMethod):
         self.meta = MetaNet(channels, size, c.encoder_width or c.width, c.encoder_norm, c.latent_dim,
                             tuple(layers[index].weight.shape)).to(self.device)
 
+    def networks(self) -> list[nn.Module]:
+        return [*super().networks(), self.meta]
+
     def _init_weights(self, generator: torch.Generator) -> None:
         super()._init_weights(generator)
         for encoder in self.meta.encoders():

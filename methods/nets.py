@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from methods.performance import fill_contiguous
+
 __all__ = [
     "SUPPORTED_SIZES",
     "Discriminator",
@@ -295,7 +297,8 @@ class Discriminator(nn.Module):
         return h.flatten(1)
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
-        out = self.head(self.features(x, labels))
+        # float32 logits also under bf16 autocast, so that losses (and their gradients) are computed in float32
+        out = self.head(self.features(x, labels)).float()
         return out.squeeze(1) if self.out_features == 1 else out
 
 
@@ -303,11 +306,12 @@ class Discriminator(nn.Module):
 def dcgan_init(module: nn.Module, generator: torch.Generator | None = None) -> None:
     """DCGAN initialisation: conv/linear/embedding weights N(0, 0.02), batch-norm weights N(1, 0.02), biases 0.
 
-    With ``generator`` every parameter is drawn from it (or set to a constant), so initialisation is reproducible.
+    With ``generator`` every parameter is drawn from it (or set to a constant), so initialisation is reproducible,
+    whatever the weights' memory format (``channels_last``).
     """
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.Embedding, OneHotMapConv)):
-            nn.init.normal_(m.weight, 0.0, 0.02, generator=generator)
+            fill_contiguous(m.weight, lambda w: nn.init.normal_(w, 0.0, 0.02, generator=generator))
             bias = getattr(m, "bias", None)
             if bias is not None:
                 nn.init.zeros_(bias)

@@ -29,6 +29,13 @@ class WGANGPConfig(AdversarialConfig):
     gp_lambda: float = pydantic.Field(10.0, ge=0, description="gradient-penalty weight λ (paper: 10)")
     n_critic: int = pydantic.Field(5, ge=1, description="critic updates per generator update (paper: 5)")
 
+    @pydantic.model_validator(mode="after")
+    def _no_compile(self) -> WGANGPConfig:
+        if self.compile:
+            raise ValueError("compile: not supported with the gradient penalty (torch.compile's AOTAutograd has no "
+                             "double backward)")
+        return self
+
 
 class WGANGP(AdversarialMethod):
     """WGAN with gradient penalty: critic loss ``E[D(G(z))] - E[D(x)] + λ E[(‖∇D(x̂)‖₂ - 1)²]`` with

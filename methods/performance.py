@@ -1,0 +1,104 @@
+"""Speed settings shared by the training loops (``AdversarialMethod.fit`` and ``GLICO.fit``), implemented once here.
+
+Every setting defaults to off: with the defaults the code path is the one that produced the published fp32 results,
+bit for bit. They are config fields, so suites set them per method entry and every result records them (the method
+config is part of a trial's provenance). ``benchmarks/bench_training.py`` measures what each one buys.
+
+* ``precision = "bf16"``: each training step runs under ``torch.autocast(device, dtype=torch.bfloat16)``. Weights,
+  gradients and optimiser state stay float32 (autocast casts per operation: convolutions and matrix products run in
+  bfloat16, the rest as before); the networks return float32 logits so losses are computed in float32. On a CPU with
+  AVX512-BF16 the convolutions run about twice as fast as in float32. Results change (bfloat16 keeps 8 mantissa bits),
+  so it is opt-in; ``sample`` runs in float32.
+* ``channels_last``: 4-D weights (and so the convolutions' outputs) use the NHWC memory format, which oneDNN prefers;
+  results change in the last bits (other kernels), so opt-in.
+* ``compile``: ``nn.Module.compile()`` (TorchInductor) on the networks; state-dict keys are unchanged. The first steps
+  pay the compilation, and sampling (eval mode, other batch sizes) compiles again. Not supported with the gradient
+  penalty (AOTAutograd has no double backward; WGAN-GP's config refuses it). On the 2-core development CPU it did not
+  pay: CGAN (width 32, 1 thread) compiled for 15-25 s and then ran 0.8× as fast as without it (bench_training.py);
+  meant for GPUs.
+* ``fused_optimizer``: optimisers are rebuilt with ``fused=True`` where PyTorch has a fused kernel (Adam, AdamW, SGD),
+  else ``foreach=True`` (RMSprop). Fused Adam differs from the default implementation by rounding (about 1e-8 after a
+  few steps), so opt-in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Literal
+
+import pydantic
+import torch
+from torch import nn
+
+__all__ = ["PerformanceConfig", "autocast", "fill_contiguous", "prepare_networks", "prepare_optimizer"]
+
+
+class PerformanceConfig(pydantic.BaseModel):
+    """Speed settings of the training step; all off by default (see the module docstring)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    precision: Literal["fp32", "bf16"] = pydantic.Field(
+        "fp32", description="arithmetic of the training step: fp32, or bf16 autocast (float32 weights, gradients and "
+        "optimiser state; convolutions and matrix products in bfloat16). Opt-in: changes results"
+    )
+    channels_last: bool = pydantic.Field(
+        False, description="NHWC memory format for the networks' 4-D weights and feature maps (oneDNN's preferred "
+        "layout); opt-in: changes results in the last bits"
+    )
+    compile: bool = pydantic.Field(
+        False, description="torch.compile the networks (TorchInductor); the first steps pay the compilation"
+    )
+    fused_optimizer: bool = pydantic.Field(
+        False, description="fused optimiser kernels where PyTorch has them (Adam, AdamW, SGD; else foreach); opt-in: "
+        "changes results by rounding"
+    )
+
+
+def autocast(config: PerformanceConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    """The context a whole training step runs in: bfloat16 autocast for ``precision="bf16"``, else nothing.
+
+    The step's optimiser updates run inside it (a method's ``_train_step`` is one piece), so autocast's weight cache is
+    off: with it, a forward after an in-place update inside the same region (the second of ``n_critic`` critic
+    updates) would reuse the bfloat16 copy of the weights from before the update.
+    """
+    if config.precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
+    return contextlib.nullcontext()
+
+
+def prepare_networks(networks: Iterable[nn.Module], config: PerformanceConfig) -> None:
+    """Apply ``channels_last`` and ``compile`` to ``networks`` in place, once, when they are built (parameters stay
+    the same objects, so optimisers see them; state-dict keys do not change). Weight initialisers draw through
+    :func:`fill_contiguous`, so a channels-last network starts from the same values as a default one."""
+    for net in networks:
+        if config.channels_last:
+            net.to(memory_format=torch.channels_last)
+        if config.compile:
+            net.compile()
+
+
+def prepare_optimizer(optimizer: torch.optim.Optimizer, config: PerformanceConfig) -> torch.optim.Optimizer:
+    """``optimizer`` itself, or (``fused_optimizer``) the same optimiser over the same parameter groups rebuilt with
+    the fused kernel where its class has one, else the multi-tensor (``foreach``) one. Call before the first step."""
+    if not config.fused_optimizer:
+        return optimizer
+    cls = type(optimizer)
+    kind = "fused" if "fused" in inspect.signature(cls).parameters else "foreach"
+    groups = [{**group, kind: True} for group in optimizer.param_groups]
+    return cls(groups, **{**optimizer.defaults, kind: True})
+
+
+def fill_contiguous(tensor: torch.Tensor, fill: Callable[[torch.Tensor], object]) -> None:
+    """``fill(tensor)`` (an in-place initialiser, e.g. ``nn.init.normal_``) with values independent of the tensor's
+    memory format: a channels-last tensor is filled through a contiguous buffer, since random draws follow the
+    storage order. A contiguous tensor is filled directly (the default path, unchanged)."""
+    if tensor.is_contiguous():
+        fill(tensor)
+        return
+    buffer = torch.empty_like(tensor, memory_format=torch.contiguous_format)
+    fill(buffer)
+    with torch.no_grad():
+        tensor.copy_(buffer)
