@@ -48,10 +48,21 @@ def _searcher_class():
     from ray.tune.search.optuna import OptunaSearch
 
     class FinalMetricOptunaSearch(OptunaSearch):
-        """Our trials report the metric once, at the end; intermediate reports only carry checkpoints."""
+        """Our trials report the metric once, at the end; intermediate reports only carry checkpoints.
+
+        A driver killed after Optuna recorded a trial's value but before Tune's next experiment snapshot leaves a
+        trial that Tune resumes although the study has it finished: its repeated result (the same number: trials are
+        deterministic) is not reported to Optuna again, which would raise ``UpdateFinishedTrialError`` (the repeated
+        completion is: Ray's ``on_trial_complete`` logs Optuna's refusal and goes on)."""
+
+        def _finished_in_study(self, trial_id: str) -> bool:
+            ot_trial = self._ot_trials.get(trial_id)
+            if ot_trial is None:
+                return False
+            return self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished()
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
-            if self.metric in result:
+            if self.metric in result and not self._finished_in_study(trial_id):
                 super().on_trial_result(trial_id, result)
 
     return FinalMetricOptunaSearch
