@@ -471,6 +471,21 @@ def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def busy_cpu_seconds() -> float:
+    """CPU seconds all processes have spent so far (``/proc/stat``, everything but idle and iowait)."""
+    with contextlib.suppress(OSError, ValueError):
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+    return math.nan
+
+
+def own_cpu_seconds() -> float:
+    import resource
+
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
 def fmt(x: float | None, spec: str) -> str:
     return "—" if x is None or not math.isfinite(x) else format(x, spec)
 
@@ -503,6 +518,7 @@ def main() -> None:
     command = "PYTHONPATH=. python " + " ".join(shlex.quote(a) for a in sys.argv)
     info = machine()
     t_begin, load_begin = time.perf_counter(), load()
+    busy_begin, own_begin = busy_cpu_seconds(), own_cpu_seconds()
     print(f"{info['cpu']} ({info['flags']}), {info['cores']} cores, torch {info['torch']}; load {load_begin}")
     if os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1):
         print("warning: the machine is busy; 2-thread and packed numbers collapse when another process holds a core")
@@ -528,7 +544,10 @@ def main() -> None:
     print(table)
     print(notes)
     wall = time.perf_counter() - t_begin
-    footer = f"load average before {load_begin}, after {load()}; benchmark wall time {wall:.0f} s"
+    others = (busy_cpu_seconds() - busy_begin) - (own_cpu_seconds() - own_begin)
+    footer = (f"load average before {load_begin}, after {load()}; benchmark wall time {wall:.0f} s; other processes "
+              f"used {others:.0f} CPU-seconds meanwhile ({others / wall:.2f} cores on average"
+              f"{'; the numbers are disturbed' if others / wall > 0.1 else ''})")
     print(footer)
     if args.out:
         write_markdown(args.out, info, command, table, notes, footer)
