@@ -63,7 +63,8 @@ def metrics() -> None:
     table = Table("name", "better", "description")
     for name in METRICS.names():
         spec = METRICS.get(name)
-        better = f"{spec.target} (not ranked)" if spec.target else "↑ higher" if spec.higher_is_better else "↓ lower"
+        direction = "↑ higher" if spec.higher_is_better else "↓ lower"
+        better = f"{spec.target} (not ranked)" if spec.target else direction
         table.add_row(name, better, spec.description)
     console.print(table)
 
@@ -352,12 +353,12 @@ def _run_on_cluster(command: str, suite, suite_file: Path, cluster_file: Path, *
     local_run = run_dir or new_run_path(suite, runs_root)
     # the job's own copy of the run (the stored run is the one that counts); in the shipped working directory, or in
     # a temporary folder when the project is used in place (fake multi-node: the job would write into ./runs)
-    remote_run = (f"runs/{suite.name}/{local_run.name}" if target.provider != "fake_multinode" else
+    remote_run = (f"runs/{suite.name}/{local_run.name}" if target.ships_project else
                   f"{tempfile.gettempdir()}/harness-job-runs/{suite.name}/{local_run.name}")
     try:
         request = ray_cluster.job_request(suite_file, root=ray_cluster.project_root(), storage=storage,
                                           run_dir=remote_run, command=command, tracking_uri=uri,
-                                          extra_args=extra_args, ship_project=target.provider != "fake_multinode")
+                                          extra_args=extra_args, ship_project=target.ships_project)
         if up:
             console.print(f"bringing up cluster {target.name!r} ({target.provider})", highlight=False)
             ray_cluster.cluster_up(target)

@@ -58,6 +58,13 @@ class ClusterFile:
         return self.config["provider"]["type"]
 
     @property
+    def ships_project(self) -> bool:
+        """Whether the job gets the project as an uploaded working directory. Not with the fake multi-node provider,
+        whose "nodes" are this machine: they share one session folder, and one node's runtime-env agent deletes a
+        working directory another node still uses; there the project is used in place (through ``PYTHONPATH``)."""
+        return self.provider != "fake_multinode"
+
+    @property
     def max_workers(self) -> int:
         """The most worker nodes this cluster can have (0: a single-node cluster)."""
         types = self.config.get("available_node_types", {})
@@ -191,16 +198,16 @@ def job_request(suite_file: Path, *, root: Path, storage: str, run_dir: str, com
                 tracking_uri: str | None, extra_args: list[str] = (), ship_project: bool = True) -> JobRequest:
     """The Ray Job that runs ``harness <command>`` on the head against the cluster it runs in.
 
-    ``ship_project=False`` (the fake multi-node provider, whose "nodes" are this machine): the project is used in place
-    (job and trials import it through ``PYTHONPATH``) instead of as an uploaded working directory — the fake nodes
-    share one session folder, and one node's runtime-env agent deletes a working directory another node still uses."""
+    ``ship_project=False`` (see :attr:`ClusterFile.ships_project`): the job and its trials import the project in place
+    through ``PYTHONPATH`` instead of from an uploaded working directory."""
     suite_file = Path(suite_file).resolve()
     try:
         suite_rel = suite_file.relative_to(root)
     except ValueError:
         raise FileNotFoundError(f"{suite_file} is outside the project {root}, which is what the cluster receives; "
                                 "put the suite under the project (e.g. suites/)") from None
-    args = ["python", "-m", "harness", command, (suite_rel if ship_project else suite_file).as_posix(), "--address", "auto", "--storage", storage,
+    suite_arg = (suite_rel if ship_project else suite_file).as_posix()
+    args = ["python", "-m", "harness", command, suite_arg, "--address", "auto", "--storage", storage,
             "--run-dir", run_dir, "--no-progress", *extra_args]
     env = {"PYTHONUNBUFFERED": "1"}
     if tracking_uri:

@@ -567,7 +567,8 @@ class Report:
                 for k, c in zip(ref_group.key, ref_group["class"], strict=True):
                     if int(c) in by_class:
                         refs[k] = (by_class[int(c)], row)
-            table = self._table(f"per-class-{_slug(base)}-{shots}", f"{base}{_arrow(higher, base)} per class, {shots} shots",
+            table = self._table(f"per-class-{_slug(base)}-{shots}",
+                                f"{base}{_arrow(higher, base)} per class, {shots} shots",
                                 shots, cols, "metric", refs)
             if table is not None:
                 table.collapsed = True
@@ -796,7 +797,8 @@ def _distinguishing_labels(trials: pd.DataFrame) -> list[str]:
         shown = ", ".join(f"{k}={show(p[k])}" for k in differing if k in p)
         labels.append(f"{label} ({shown})" if shown else f"{label} ({trial_id[:8]})")
     if len(set(labels)) < len(labels):  # rounding made two equal: fall back to ids
-        labels = [f"{label} ({trial_id[:8]})" for label, trial_id in trials[["label", "trial_id"]].itertuples(index=False)]
+        labels = [f"{label} ({trial_id[:8]})"
+                  for label, trial_id in trials[["label", "trial_id"]].itertuples(index=False)]
     return labels
 
 
@@ -852,6 +854,10 @@ def _optuna_storages(directory: Path) -> list[tuple[str, Any]]:
     return out
 
 
+def _param_cell(value: Any) -> Cell:
+    return Cell(fmt(value) if isinstance(value, float) else str(value))
+
+
 def _study_blocks(study, name: str) -> list[Any]:
     import optuna
     from optuna.visualization import matplotlib as ov
@@ -861,14 +867,13 @@ def _study_blocks(study, name: str) -> list[Any]:
     direction = "max" if study.direction == optuna.study.StudyDirection.MAXIMIZE else "min"
     if complete:
         best = study.best_trial
-        rows = [Row(k, [Cell(fmt(v) if isinstance(v, float) else str(v))]) for k, v in best.params.items()]
+        rows = [Row(k, [_param_cell(v)]) for k, v in best.params.items()]
         rows.append(Row(f"objective ({direction})", [Cell(fmt(best.value), bold=True)]))
         blocks.append(Table(f"sweep-best-{_slug(name)}", f"Study `{name}`: best of {len(complete)} complete trials "
                             f"({len(study.trials)} in all)", ["parameter", "value"], rows))
         ranked = sorted(complete, key=lambda t: t.value, reverse=direction == "max")
         names = list(best.params)
-        all_rows = [Row(str(t.number), [Cell(fmt(t.params[k]) if isinstance(t.params.get(k), float)
-                                             else str(t.params.get(k, "–"))) for k in names]
+        all_rows = [Row(str(t.number), [_param_cell(t.params.get(k, "–")) for k in names]
                         + [Cell(fmt(t.value), bold=t.number == best.number)]) for t in ranked]
         table = Table(f"sweep-all-{_slug(name)}", f"Study `{name}`: every complete trial, best first",
                       ["trial", *names, f"objective ({direction})"], all_rows)

@@ -94,12 +94,8 @@ class RunStorage:
         for entry in sorted(local.iterdir()) if local.exists() else []:
             if entry.name in skip:
                 continue
-            if entry.is_dir():
-                fs.create_dir(f"{target}/{entry.name}", recursive=True)
-                pyarrow.fs.copy_files(str(entry), f"{target}/{entry.name}", destination_filesystem=fs)
-            else:
-                fs.create_dir(target, recursive=True)
-                pyarrow.fs.copy_files(str(entry), f"{target}/{entry.name}", destination_filesystem=fs)
+            fs.create_dir(f"{target}/{entry.name}" if entry.is_dir() else target, recursive=True)
+            pyarrow.fs.copy_files(str(entry), f"{target}/{entry.name}", destination_filesystem=fs)
 
     def download(self, relative: str, local: Path) -> bool:
         """Copy ``<root>/<relative>`` into the folder ``local``; False if it is not in storage."""

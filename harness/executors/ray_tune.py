@@ -9,7 +9,7 @@
   ``Tuner.restore(resume_unfinished=True, resume_errored=True)`` — finished trials are kept, not run again.
 * Shared storage (``storage``, :mod:`harness.storage`; multi-node clusters): Tune keeps the experiment there
   instead, each trial uploads its trial directory there when it ends (from whichever node ran it), and the driver
-  fetches the trial directories into its run directory at the end.
+  fetches the trial directories into its run directory when the experiment ends (in ``_fit``: runs and sweeps).
 * A diverging trial (non-finite loss) is reported as ``failed`` with its reason and is not retried; other errors are
   retried up to ``max_failures`` times, then the trial errors and the suite goes on.
 
@@ -99,14 +99,12 @@ def tune_trainable(config: dict[str, Any], datasets: dict[str, Dataset], run_dir
         result = run_trial(spec, run_dir, dataset=datasets[dataset_key(spec)], device=device,
                            restore=restore, save_checkpoint=save_checkpoint, tracking=tracking,
                            provenance=placement)
+        final = {"status": "ok", "harness_trial": spec.trial_id, "node_id": node_id, **_flat_metrics(result)}
     except TrialDiverged as exc:  # retrying a diverged trial from its last checkpoint would diverge again
-        if storage is not None:
-            storage.upload(trial_dir, f"trials/{trial_dir.name}")
-        tune.report({"status": "failed", "harness_trial": spec.trial_id, "error": str(exc), "node_id": node_id})
-        return
+        final = {"status": "failed", "harness_trial": spec.trial_id, "error": str(exc), "node_id": node_id}
     if storage is not None:  # before the final report: once Tune sees it, the driver may fetch the trial
         storage.upload(trial_dir, f"trials/{trial_dir.name}")
-    tune.report({"status": "ok", "harness_trial": spec.trial_id, "node_id": node_id, **_flat_metrics(result)})
+    tune.report(final)
 
 
 def _trial_name(trial) -> str:
@@ -215,6 +213,8 @@ def _fit(
         for result in grid:
             if result.error is not None:
                 log.error("trial %s errored: %s", _spec_of(result.config).name, result.error)
+        if storage is not None:  # the trials' outputs, from whichever nodes ran them
+            storage.download("trials", run_dir / "trials")
         return grid
     finally:
         if started:
@@ -223,9 +223,7 @@ def _fit(
             ray.shutdown()
 
 
-def _read_results(run_dir: Path, specs: list[TrialSpec], storage: RunStorage | None = None) -> list[TrialResult]:
-    if storage is not None:  # the trials' outputs, from whichever nodes ran them
-        storage.download("trials", run_dir / "trials")
+def _read_results(run_dir: Path, specs: list[TrialSpec]) -> list[TrialResult]:
     paths = [trial_dir_for(run_dir, spec) / RESULT_FILE for spec in specs]
     return [TrialResult.load(p) for p in paths if p.exists()]
 
@@ -253,4 +251,4 @@ def run_ray(
     _fit(specs, run_dir, EXPERIMENT, {"spec": tune.grid_search([s.model_dump(mode="json") for s in specs])},
          address=address, num_cpus=num_cpus, device=device, max_failures=max_failures, verbose=verbose,
          tracking=tracking, tune_config={"max_concurrent_trials": max_concurrent}, storage=storage)
-    return _read_results(run_dir, specs, storage)
+    return _read_results(run_dir, specs)

@@ -123,8 +123,6 @@ def run_sweep(
         verbose=verbose, tracking=tracking,
         tune_config={"search_alg": search_alg, "num_samples": sweep.num_samples}, storage=storage,
     )
-    if storage is not None:
-        storage.download("trials", run_dir / "trials")
     scored = [r for r in grid if r.metrics and sweep.metric in r.metrics]
     best_value, best_params, best_trial = None, {}, None
     if scored:
