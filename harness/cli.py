@@ -260,6 +260,9 @@ def sweep(
     if result.best_value is None:
         err_console.print("[red]✗[/red] no sweep trial produced the metric", highlight=False)
         raise typer.Exit(1)
+    if result.scheduler:
+        console.print(f"{result.stopped_early} of {result.num_trials} trials stopped early by {result.scheduler}",
+                      highlight=False)
     console.print(f"best {result.metric} ({result.mode}) = {result.best_value:.4g} with {result.best_params} "
                   f"(trial {result.best_trial}); written to {run.path / 'sweep' / 'best.json'}; Optuna study: "
                   f"{result.storage}", highlight=False)
@@ -389,7 +392,11 @@ def _print_summary(run_dir: Path) -> None:
         losses = " ".join(f"{k}={v:.3f}" for k, v in r.final_losses.items())
         shown = " ".join(f"{k}={v['value']:.3g}" for k, v in r.metrics.items()  # pooled, generated only
                          if "/" not in k and not v.get("reference") and v.get("value") is not None)
-        status = "[green]ok[/green]" if r.status == "ok" else f"[red]{r.status}[/red]: {r.error}"
+        if r.status == "stopped" and r.evaluations:  # what it reached: its last intermediate evaluation
+            last = r.evaluations[-1]
+            shown = " ".join(f"{k}={v:.3g}" for k, v in last.items() if k != "step") + f" at step {last['step']}"
+        status = {"ok": "[green]ok[/green]", "stopped": f"[yellow]stopped[/yellow]: {r.error}"}.get(
+            r.status, f"[red]{r.status}[/red]: {r.error}")
         table.add_row(r.name, status, f"{r.wall_times.get('fit_s', float('nan')):.1f}", losses, shown)
     console.print(table)
 

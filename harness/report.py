@@ -512,9 +512,11 @@ class Report:
 
     def _overview(self, keys: pd.DataFrame) -> Section:
         t = self.trials
-        n_ok, n_failed = int((t.status == "ok").sum()), int((t.status != "ok").sum())
+        n_ok, n_stopped = int((t.status == "ok").sum()), int((t.status == "stopped").sum())
+        n_failed = len(t) - n_ok - n_stopped
+        stopped = f"{n_stopped} stopped early by the sweep's scheduler, " if n_stopped else ""
         seeds = sorted(t.seed.unique().tolist())
-        lines = [f"{len(t)} trials ({n_ok} ok, {n_failed} failed or unfinished): methods "
+        lines = [f"{len(t)} trials ({n_ok} ok, {stopped}{n_failed} failed or unfinished): methods "
                  f"{', '.join(f'`{m}`' for m in self.labels)}; shots {', '.join(map(str, self.shots))}; "
                  f"seeds {', '.join(map(str, seeds))}."]
         if keys.empty:
@@ -601,7 +603,7 @@ class Report:
         return loss_table
 
     def _failed(self) -> Table | None:
-        failed = self.trials[self.trials.status != "ok"]
+        failed = self.trials[~self.trials.status.isin(["ok", "stopped"])]  # stopped trials: in the sweep section
         if failed.empty:
             return None
         rows = [Row(r.name, [Cell(r.label), Cell(str(r.shots)), Cell(str(r.seed)), Cell(r.status),
@@ -864,6 +866,7 @@ def _study_blocks(study, name: str) -> list[Any]:
 
     blocks: list[Any] = []
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
     direction = "max" if study.direction == optuna.study.StudyDirection.MAXIMIZE else "min"
     if complete:
         best = study.best_trial
@@ -882,12 +885,17 @@ def _study_blocks(study, name: str) -> list[Any]:
     else:
         blocks.append(Text(f"Study `{name}`: no complete trial yet ({len(study.trials)} in all)."))
         return blocks
+    if pruned:
+        blocks.append(_pruned_table(pruned, names, name, direction))
     import matplotlib.pyplot as plt
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for title, plot in (("optimisation history", ov.plot_optimization_history),
-                            ("parameter importances", ov.plot_param_importances)):
+        plots = [("optimisation history", ov.plot_optimization_history),
+                 ("parameter importances", ov.plot_param_importances)]
+        if any(t.intermediate_values for t in study.trials):
+            plots.append(("intermediate values", ov.plot_intermediate_values))
+        for title, plot in plots:
             try:
                 ax = plot(study)
             except Exception as exc:  # noqa: BLE001 - e.g. too few trials for importances
@@ -900,6 +908,23 @@ def _study_blocks(study, name: str) -> list[Any]:
             plt.close(fig)
             blocks.append(Figure(f"sweep-{_slug(title)}-{_slug(name)}", f"{name}: {title}", buffer.getvalue()))
     return blocks
+
+
+def _pruned_table(pruned: list, names: list[str], study_name: str, direction: str) -> Table:
+    """Trials the sweep's scheduler stopped early: how far they got and their last intermediate value (not comparable
+    with complete trials' final values, measured after the whole budget)."""
+    def reached(trial) -> tuple[int, float]:
+        step = max(trial.intermediate_values, default=0)
+        return step, trial.intermediate_values.get(step, float("nan"))
+
+    ranked = sorted(pruned, key=lambda t: (-reached(t)[0], reached(t)[1] * (-1 if direction == "max" else 1)))
+    rows = [Row(str(t.number), [_param_cell(t.params.get(k, "–")) for k in names]
+                + [Cell(str(reached(t)[0])), Cell(fmt(reached(t)[1]))]) for t in ranked]
+    table = Table(f"sweep-pruned-{_slug(study_name)}", f"Study `{study_name}`: {len(pruned)} trials stopped early "
+                  "(pruned), furthest first", ["trial", *names, "steps reached", f"last value ({direction})"], rows)
+    table.notes = ["last values were measured after fewer steps than the complete trials' objectives: not comparable."]
+    table.collapsed = True
+    return table
 
 
 # -------------------------------------------------------------------------------------------------- rendering

@@ -67,7 +67,7 @@ PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
 TRIAL_ID_TAG = "harness.trial_id"
 KIND_TAG = "harness.kind"  # "suite" (parent) or "trial" (child)
-STATUS_TAG = "harness.status"  # a trial's status: running / ok / failed
+STATUS_TAG = "harness.status"  # a trial's status: running / ok / failed / stopped
 ERROR_TAG = "harness.error"
 META_TAG = "harness.meta"  # JSON: metric directions etc. (split over META_TAG.<i> when long), read by report.py
 SAMPLES_IMAGE_KEY = "samples"
@@ -599,6 +599,17 @@ class TrialTracker:
         if len(self._buffer) >= _FLUSH_EVERY or time.monotonic() - self._last_flush > _FLUSH_SECONDS:
             self.flush()
 
+    def log_evaluation(self, step: int, values: dict[str, float]) -> None:
+        """Intermediate metric values (a sweep's early stopping) as ``eval/<metric>`` at ``step``: the UI plots how
+        a trial's metric evolved."""
+        if self.disabled or self.run_id is None:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._buffer += [Metric(mlflow_key(f"eval/{key}"), float(value), now, int(step)) for key, value in values.items()]
+        self.flush()
+
     def flush(self) -> None:
         def _flush() -> None:
             buffer, self._buffer = self._buffer, []
@@ -667,7 +678,7 @@ class TrialTracker:
         for name in ("result.json", "samples.png", "shots.png"):
             if (trial_dir / name).is_file():
                 client.log_artifact(run_id, str(trial_dir / name))
-        client.set_terminated(run_id, "FINISHED" if result.status == "ok" else "FAILED")
+        client.set_terminated(run_id, {"ok": "FINISHED", "stopped": "KILLED"}.get(result.status, "FAILED"))
 
 
 # ------------------------------------------------------------------------------------------------------- UI

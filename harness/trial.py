@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import time
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,7 +42,7 @@ class TrialResult:
 
     trial_id: str
     name: str
-    status: str  # "ok" or "failed"
+    status: str  # "ok", "failed" or "stopped" (early, by a sweep's scheduler)
     spec: dict[str, Any]
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     losses: list[dict[str, Any]] = field(default_factory=list)
@@ -49,6 +51,7 @@ class TrialResult:
     wall_times: dict[str, float] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
     error: str | None = None
+    evaluations: list[dict[str, float]] = field(default_factory=list)  # intermediate: {"step": n, metric: value}
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True, default=str)
@@ -68,6 +71,46 @@ class TrialResult:
 
 def trial_dir_for(run_dir: Path, spec: TrialSpec) -> Path:
     return Path(run_dir) / "trials" / f"{spec.name}-{spec.trial_id}"
+
+
+class TrialStopped(Exception):
+    """The executor's scheduler stopped the trial early (a sweep's ASHA): not a failure. ``run_trial`` records the
+    trial as ``stopped``, with the intermediate evaluations it reached, and returns."""
+
+
+@dataclass(frozen=True)
+class IntermediateEvaluation:
+    """Evaluate ``metrics`` on the model being fitted after every ``every`` steps before the last (the final
+    evaluation covers that one) and pass them to ``report(steps done, values)``: what a sweep's early stopping compares
+    trials on. ``report`` may raise :class:`TrialStopped`.
+
+    The evaluation samples in the generator's eval mode and under saved random states, so a trial's training
+    trajectory — and its final numbers — are the same with or without intermediate evaluations."""
+
+    metrics: tuple[str, ...]
+    every: int
+    report: Callable[[int, dict[str, float]], None] | None = None
+
+    def fit_budget(self, budget: Budget) -> Budget:
+        """The budget handed to ``fit``: methods offer their state (``hooks.checkpoint``) every ``checkpoint_every``
+        steps, so offers must come at every evaluation and every real checkpoint; the hooks tell them apart."""
+        offer = math.gcd(budget.checkpoint_every, self.every) if budget.checkpoint_every else self.every
+        return budget.model_copy(update={"checkpoint_every": offer})
+
+
+@contextmanager
+def isolated_rng(device: torch.device) -> Iterator[None]:
+    """Run a block without consuming the random streams around it (torch CPU and CUDA, NumPy, ``random``)."""
+    import numpy as np
+
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    devices = [device] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
+            yield
+    finally:
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)
 
 
 class PerClassMethod(GenerativeMethod):
@@ -145,18 +188,38 @@ class _ClassHooks:
 
 
 class TrialHooks:
-    """Records losses, stops a diverging trial and writes checkpoints through ``save_checkpoint``."""
+    """Records losses, stops a diverging trial, writes checkpoints through ``save_checkpoint`` and runs intermediate
+    evaluations (``evaluate(steps done) -> values`` every ``evaluate_every`` steps before ``evaluate_before``,
+    recorded, then passed to ``on_evaluation``).
+
+    A checkpoint offer (``checkpoint(step)``) saves when ``checkpoint_every`` divides the steps done, or always when
+    ``checkpoint_every`` is None (the method's own offers are the schedule) or ``step`` is negative (the per-class
+    adapter's offer after each class).
+    """
 
     def __init__(
         self,
         model: GenerativeMethod,
         save_checkpoint: Callable[[dict[str, Any]], None] | None = None,
         on_log: Callable[[int, dict[str, float], dict[str, Any] | None], None] | None = None,
+        *,
+        checkpoint_every: int | None = None,
+        evaluate: Callable[[int], dict[str, float]] | None = None,
+        evaluate_every: int = 0,
+        evaluate_before: int | None = None,
+        on_evaluation: Callable[[int, dict[str, float]], None] | None = None,
     ) -> None:
         self.model = model
         self.save_checkpoint = save_checkpoint
         self.on_log = on_log
+        self.checkpoint_every = checkpoint_every
+        self.evaluate = evaluate
+        self.evaluate_every = evaluate_every
+        self.evaluate_before = evaluate_before
+        self.on_evaluation = on_evaluation
         self.records: list[dict[str, Any]] = []
+        self.evaluations: list[dict[str, float]] = []
+        self.evaluation_s = 0.0  # time spent in intermediate evaluations: not fitting
 
     def log(self, step: int, losses: dict[str, float], info: dict[str, Any] | None = None) -> None:
         losses = {k: float(v) for k, v in losses.items()}
@@ -168,8 +231,19 @@ class TrialHooks:
             self.on_log(step, losses, info)
 
     def checkpoint(self, step: int) -> None:
-        if self.save_checkpoint is not None:
-            self.save_checkpoint({"model": self.model.state_dict(), "losses": self.records})
+        done = step + 1
+        if (self.evaluate is not None and step >= 0 and done % self.evaluate_every == 0
+                and (self.evaluate_before is None or done < self.evaluate_before)):
+            started = time.perf_counter()
+            values = self.evaluate(done)
+            self.evaluation_s += time.perf_counter() - started
+            self.evaluations.append({"step": done, **values})
+            if self.on_evaluation is not None:  # before saving: a scheduler that stops the trial here makes it moot
+                self.on_evaluation(done, values)
+        due = self.checkpoint_every is None or step < 0 or (self.checkpoint_every and done % self.checkpoint_every == 0)
+        if self.save_checkpoint is not None and due:
+            self.save_checkpoint({"model": self.model.state_dict(), "losses": self.records,
+                                  "evaluations": self.evaluations})
 
 
 def build_method(spec: TrialSpec, image_shape: tuple[int, int, int], num_classes: int, device: torch.device):
@@ -210,6 +284,7 @@ def run_trial(
     on_log: Callable[..., None] | None = None,
     tracking: TrackingContext | None = None,
     provenance: dict[str, Any] | None = None,
+    intermediate: IntermediateEvaluation | None = None,
 ) -> TrialResult:
     """Fit, sample, evaluate and record one trial under ``run_dir/trials/<name>-<id>/``.
 
@@ -218,7 +293,8 @@ def run_trial(
     A failure writes a ``failed`` result with the reason and re-raises, so the executor decides what happens next.
     ``provenance`` adds facts the executor knows (e.g. the Ray node). With ``tracking``, the trial logs into its MLflow
     child run (found again on resume); tracking problems are
-    warnings, never a lost result.
+    warnings, never a lost result. ``intermediate`` evaluates metrics during ``fit`` (see
+    :class:`IntermediateEvaluation`); a :class:`TrialStopped` raised by its report ends the trial as ``stopped``.
     """
     started = time.perf_counter()
     started_at = time.time()
@@ -251,16 +327,33 @@ def run_trial(
             save_checkpoint = _file_checkpointer(trial_dir / CHECKPOINT_FILE)
             if restore is None and (trial_dir / CHECKPOINT_FILE).exists():
                 restore = torch.load(trial_dir / CHECKPOINT_FILE, map_location=torch_device, weights_only=False)
-        hooks = TrialHooks(model, save_checkpoint, _chain_log(on_log, tracker))
+        fit_budget, evaluation_hooks = spec.budget, {}
+        if intermediate is not None:
+            fit_budget = intermediate.fit_budget(spec.budget)
+            evaluation_hooks = {
+                "checkpoint_every": spec.budget.checkpoint_every, "evaluate_every": intermediate.every,
+                "evaluate_before": spec.budget.steps,
+                "evaluate": _intermediate_evaluator(intermediate.metrics, spec, dataset, split, model, torch_device),
+                "on_evaluation": _chain_evaluation(intermediate.report, tracker),
+            }
+        hooks = TrialHooks(model, save_checkpoint, _chain_log(on_log, tracker), **evaluation_hooks)
         if restore is not None:
             model.load_state_dict(restore["model"])
             hooks.records = list(restore.get("losses", []))
+            hooks.evaluations = list(restore.get("evaluations", []))
             result.provenance["resumed"] = True
 
         seed_everything(derive_seed(spec.seed, "fit"))
         t0 = time.perf_counter()
-        model.fit(split.task.to(torch_device), spec.budget, hooks)
-        result.wall_times["fit_s"] = time.perf_counter() - t0
+        try:
+            model.fit(split.task.to(torch_device), fit_budget, hooks)
+        except TrialStopped as exc:
+            result.status, result.error = "stopped", str(exc)
+            return result  # the finally block records it
+        finally:
+            result.wall_times["fit_s"] = time.perf_counter() - t0 - hooks.evaluation_s
+            if intermediate is not None:
+                result.wall_times["intermediate_evaluate_s"] = hooks.evaluation_s
 
         t0 = time.perf_counter()
         samples = generate(model, spec.novel_classes, spec.evaluation.samples_per_class, spec.seed)
@@ -287,12 +380,39 @@ def run_trial(
         if hooks is not None:
             result.losses = hooks.records
             result.final_losses = _final_losses(hooks.records)
+            result.evaluations = hooks.evaluations
         result.wall_times["total_s"] = time.perf_counter() - started
         result.wall_times["started_at"] = started_at  # unix time: shows which trials ran concurrently
         result.wall_times["finished_at"] = time.time()
         result.write(trial_dir)
         tracker.call("finish", result, trial_dir)
     return result
+
+
+def _intermediate_evaluator(metrics: tuple[str, ...], spec: TrialSpec, dataset: Dataset, split: FewShotSplit,
+                            model: GenerativeMethod, device: torch.device) -> Callable[[int], dict[str, float]]:
+    """The final evaluation's samples (same count, same noise) and metrics, restricted to ``metrics``."""
+    from harness.metrics import evaluate
+
+    evaluation = spec.evaluation.model_copy(update={"metrics": list(metrics)})
+    evaluation_spec = spec.model_copy(update={"evaluation": evaluation})
+
+    def evaluate_now(done: int) -> dict[str, float]:
+        with isolated_rng(device):
+            samples = generate(model, spec.novel_classes, spec.evaluation.samples_per_class, spec.seed)
+            values = evaluate(evaluation_spec, dataset, split, samples, device=device).metrics
+        return {k: float(v["value"]) for k, v in values.items() if v.get("value") is not None}
+
+    return evaluate_now
+
+
+def _chain_evaluation(report, tracker: _SafeTracker) -> Callable[[int, dict[str, float]], None]:
+    def on_evaluation(done: int, values: dict[str, float]) -> None:
+        tracker.call("log_evaluation", done, values)
+        if report is not None:
+            report(done, values)
+
+    return on_evaluation
 
 
 class _SafeTracker:

@@ -115,6 +115,18 @@ MALFORMED = [
      "sweep.space.n_c", "not a parameter"),
     ("sweep bad mode", _with("sweep", {"method": "dcgan", "metric": "m", "mode": "low",
                                        "space": {"lr_g": {"uniform": [0, 1]}}}), "sweep.mode", "min"),
+    ("asha grace period of the whole budget", _with("sweep", {
+        "method": "cgan", "metric": "m", "mode": "min", "space": {"lr_g": {"uniform": [0, 1]}},
+        "asha": {"grace_period": 10}}), "sweep.asha.grace_period", "not below the 10 steps"),
+    ("asha evaluations sparser than the first rung", _with("sweep", {
+        "method": "cgan", "metric": "m", "mode": "min", "space": {"lr_g": {"uniform": [0, 1]}},
+        "asha": {"grace_period": 4, "eval_every": 5}}), "sweep.asha.eval_every", "exceeds grace_period"),
+    ("asha on a per-class method", _with("sweep", {
+        "method": "dcgan", "metric": "m", "mode": "min", "space": {"lr_g": {"uniform": [0, 1]}},
+        "asha": {"grace_period": 2}}), "sweep.asha", "needs a conditional method"),
+    ("asha reduction factor 1", _with("sweep", {
+        "method": "cgan", "metric": "m", "mode": "min", "space": {"lr_g": {"uniform": [0, 1]}},
+        "asha": {"grace_period": 2, "reduction_factor": 1}}), "sweep.asha.reduction_factor", "greater than 1"),
 ]
 
 

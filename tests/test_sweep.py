@@ -56,6 +56,46 @@ def test_sweep_of_four_samples_gives_four_configurations_and_a_best_one(tmp_path
         t.params["lr_g"] for t in finished}
 
 
+def test_asha_stops_unpromising_trials_and_the_best_is_a_complete_one(tmp_path):
+    """One trial at a time (deterministic scheduling): ASHA at rungs 4 and 8 of 16 steps, halving; stopped trials are
+    recorded as stopped with their intermediate FIDs, pruned in the study, and never picked as the best."""
+    data = yaml.safe_load((ROOT / "suites" / "smoke.yaml").read_text())
+    data["methods"] = [{"name": "cgan", "params": {"width": 8}, "budget": {"steps": 16}}]
+    data["evaluation"]["metrics"] = ["fid"]
+    data["sweep"] = {"method": "cgan", "metric": "fid", "mode": "min", "num_samples": 6, "max_concurrent": 1,
+                     "space": {"lr_g": {"loguniform": [1e-6, 1e-2]}, "lr_d": {"loguniform": [1e-6, 1e-2]}},
+                     "asha": {"grace_period": 4, "reduction_factor": 2}}
+    suite = parse_suite(data, "sweep.yaml")
+    outcome = run_sweep(suite, tmp_path, num_cpus=2, device="cpu", verbose=0)
+
+    study = optuna.load_study(study_name="smoke-cgan", storage=outcome.storage)
+    state = optuna.trial.TrialState
+    complete = [t for t in study.trials if t.state == state.COMPLETE]
+    pruned = [t for t in study.trials if t.state == state.PRUNED]
+    assert len(study.trials) == 6 and len(complete) + len(pruned) == 6
+    assert pruned and outcome.stopped_early == len(pruned) and "ASHA" in outcome.scheduler
+    for t in pruned:  # stopped at a rung, with the values seen up to it
+        assert max(t.intermediate_values) in (4, 8) and set(t.intermediate_values) <= {4, 8, 12}
+    for t in complete:  # every evaluation before the last step, then the final value as the objective
+        assert sorted(t.intermediate_values) == [4, 8, 12]
+    assert outcome.best_value == pytest.approx(min(t.value for t in complete))
+
+    results = [json.loads(p.read_text()) for p in tmp_path.glob("trials/*/result.json")]
+    stopped = [r for r in results if r["status"] == "stopped"]
+    assert len(results) == 6 and len(stopped) == len(pruned)
+    for r in stopped:
+        assert r["metrics"] == {} and "stopped by the Tune scheduler" in r["error"]
+        assert [e["step"] for e in r["evaluations"]] == list(range(4, r["evaluations"][-1]["step"] + 1, 4))
+    fids_at_4 = {round(r["evaluations"][0]["fid"], 6) for r in results}
+    assert {round(t.intermediate_values[4], 6) for t in study.trials} == fids_at_4
+
+    from harness.report import build_report
+
+    text = (build_report(tmp_path) / "README.md").read_text()
+    assert f"{len(pruned)} stopped early by the sweep's scheduler" in text
+    assert f"{len(pruned)} trials stopped early (pruned)" in text and "Failed trials" not in text
+
+
 def test_interrupted_sweep_restores_with_the_searchers_history(tmp_path):
     """Kill `harness sweep` after two of four samples; the same command finishes with four samples in all."""
     import os

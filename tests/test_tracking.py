@@ -321,3 +321,33 @@ def test_default_store_lives_in_the_run_dir_and_harness_ui_serves_it(tmp_path, m
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
     finally:
         _stop(ui)
+
+
+def test_intermediate_evaluations_are_stepped_metrics_and_a_stopped_trial_is_killed(tmp_path):
+    """A sweep trial with ASHA: ``eval/fid`` at every evaluation step; stopped by its scheduler → run KILLED, status
+    tag ``stopped`` (not FAILED: nothing went wrong)."""
+    from mlflow import MlflowClient
+
+    from harness.trial import IntermediateEvaluation, TrialStopped
+
+    data = yaml.safe_load(SMOKE.read_text())
+    data["evaluation"]["metrics"] = ["fid"]
+    suite = parse_suite(data)
+    run = RunDir.create(suite, SMOKE, path=tmp_path / "run")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    context = tr.start_run_tracking(suite, SMOKE, run.path, uri, executor="inprocess")
+    [spec] = expand(suite, ["cgan"])
+    spec = spec.model_copy(update={"budget": spec.budget.model_copy(update={"steps": 8})})
+
+    def stop_at_six(step, values):
+        if step == 6:
+            raise TrialStopped("stopped after step 6")
+
+    result = run_trial(spec, run.path, device="cpu", tracking=context,
+                       intermediate=IntermediateEvaluation(("fid",), 2, stop_at_six))
+    client = MlflowClient(uri)
+    [child] = tr.iter_children_by_trial(client, context)[spec.trial_id]
+    history = client.get_metric_history(child.info.run_id, "eval/fid")
+    assert [(m.step, m.value) for m in history] == [(e["step"], pytest.approx(e["fid"])) for e in result.evaluations]
+    assert [m.step for m in history] == [2, 4, 6]
+    assert child.info.status == "KILLED" and child.data.tags[tr.STATUS_TAG] == "stopped"

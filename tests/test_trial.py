@@ -131,3 +131,69 @@ def test_interrupted_trial_resumes_from_its_checkpoint_without_redoing_steps(tmp
     assert resumed.status == "ok" and resumed.provenance.get("resumed") is True
     steps = [(r["class"], r["step"]) for r in resumed.losses]
     assert sorted(steps) == [(c, s) for c in (3, 4) for s in range(6)]  # every step once, none redone
+
+
+def _fid_only(spec):
+    return spec.model_copy(update={"evaluation": spec.evaluation.model_copy(update={"metrics": ["fid"]})})
+
+
+def test_intermediate_evaluations_leave_the_training_unchanged(tmp_path, smoke):
+    """Evaluating mid-fit samples from the model and computes FID: neither may move the training's random streams,
+    so a sweep trial with ASHA trains exactly as the same trial without it."""
+    from harness.trial import IntermediateEvaluation
+
+    suite, dataset = smoke
+    spec = _fid_only(_spec(suite, "cgan", steps=8, log_every=1, checkpoint_every=4))
+    reports, saved = [], []
+    plain = run_trial(spec, tmp_path / "plain", dataset=dataset, device="cpu")
+    evaluated = run_trial(spec, tmp_path / "evaluated", dataset=dataset, device="cpu",
+                          save_checkpoint=lambda state: saved.append(state["losses"][-1]["step"]),
+                          intermediate=IntermediateEvaluation(("fid",), 2, lambda step, v: reports.append((step, v))))
+    assert evaluated.status == plain.status == "ok"
+    assert evaluated.losses == plain.losses
+    assert evaluated.metrics["fid"]["value"] == plain.metrics["fid"]["value"]
+    # none after the last step: the final evaluation is that one
+    assert [e["step"] for e in evaluated.evaluations] == [2, 4, 6] == [step for step, _ in reports]
+    assert evaluated.wall_times["intermediate_evaluate_s"] > 0 and "intermediate_evaluate_s" not in plain.wall_times
+    assert saved == [3, 7]  # checkpoints still every 4 steps (after steps 0-3 and 4-7), not at every evaluation
+    assert len({e["fid"] for e in evaluated.evaluations} | {plain.metrics["fid"]["value"]}) == 4
+    assert TrialResult.load(trial_dir_for(tmp_path / "evaluated", spec) / "result.json").evaluations == \
+        evaluated.evaluations
+
+
+def test_a_trial_stopped_by_its_scheduler_is_recorded_as_stopped(tmp_path, smoke):
+    from harness.trial import IntermediateEvaluation, TrialStopped
+
+    suite, dataset = smoke
+    spec = _fid_only(_spec(suite, "cgan", steps=8))
+
+    def stop_at_four(step, values):
+        if step == 4:
+            raise TrialStopped("stopped by the test's scheduler after step 4")
+
+    result = run_trial(spec, tmp_path, dataset=dataset, device="cpu",
+                       intermediate=IntermediateEvaluation(("fid",), 2, stop_at_four))
+    stored = TrialResult.load(trial_dir_for(tmp_path, spec) / "result.json")
+    assert result.status == stored.status == "stopped" and "after step 4" in stored.error
+    assert [e["step"] for e in stored.evaluations] == [2, 4] and stored.metrics == {}
+    assert max(r["step"] for r in stored.losses) < 4 and "fit_s" in stored.wall_times
+    assert not (trial_dir_for(tmp_path, spec) / "samples.pt").exists()
+
+
+def test_isolated_rng_leaves_every_random_stream_where_it_was():
+    import random
+
+    import numpy as np
+
+    from harness.trial import isolated_rng
+
+    def draw():
+        return torch.rand(3).tolist(), np.random.rand(3).tolist(), [random.random() for _ in range(3)]
+
+    torch.manual_seed(0), np.random.seed(0), random.seed(0)
+    expected = draw()
+    torch.manual_seed(0), np.random.seed(0), random.seed(0)
+    with isolated_rng(torch.device("cpu")):
+        inside = draw()
+        draw()
+    assert inside == expected and draw() == expected

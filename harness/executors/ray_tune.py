@@ -12,6 +12,8 @@
   fetches the trial directories into its run directory when the experiment ends (in ``_fit``: runs and sweeps).
 * A diverging trial (non-finite loss) is reported as ``failed`` with its reason and is not retried; other errors are
   retried up to ``max_failures`` times, then the trial errors and the suite goes on.
+* Intermediate evaluations (a sweep with ASHA, ``evaluate_every``): the metrics are reported with ``step`` (steps
+  done, the scheduler's time attribute); a trial the scheduler stops ends as ``stopped`` (``TrialStopped``).
 
 Tune classes come from ``ray.tune`` only (Ray 2.60: ``ray.train.RunConfig`` breaks a Tuner).
 """
@@ -31,7 +33,7 @@ from harness.api import TrialDiverged
 from harness.data import Dataset
 from harness.executors.common import dataset_key, prepare
 from harness.suite import TrialSpec
-from harness.trial import RESULT_FILE, TrialResult, run_trial, trial_dir_for
+from harness.trial import RESULT_FILE, IntermediateEvaluation, TrialResult, TrialStopped, run_trial, trial_dir_for
 
 if TYPE_CHECKING:
     from harness.storage import RunStorage
@@ -65,9 +67,22 @@ def _previous_result(trial_dir: Path, storage: RunStorage | None) -> TrialResult
     return TrialResult.load(path) if path.exists() else None
 
 
+def _report(metrics: dict[str, Any], checkpoint=None) -> None:
+    """``tune.report``; Tune stops a trial (a scheduler's decision, the experiment ending) by raising ``SystemExit``
+    in the trial's next report: that becomes :class:`TrialStopped`, so ``run_trial`` records the trial as stopped."""
+    from ray import tune
+
+    try:
+        tune.report(metrics, checkpoint=checkpoint)
+    except SystemExit:
+        raise TrialStopped(f"stopped by the Tune scheduler after step {metrics.get('step')}") from None
+
+
 def tune_trainable(config: dict[str, Any], datasets: dict[str, Dataset], run_dir: str, device: str,
-                   tracking: TrackingContext | None = None, storage: RunStorage | None = None) -> None:
-    """The Tune function trainable: one TrialSpec → ``run_trial`` with Tune checkpoints."""
+                   tracking: TrackingContext | None = None, storage: RunStorage | None = None,
+                   evaluate_metrics: tuple[str, ...] = (), evaluate_every: int = 0) -> None:
+    """The Tune function trainable: one TrialSpec → ``run_trial`` with Tune checkpoints (and, with
+    ``evaluate_every``, intermediate evaluations of ``evaluate_metrics`` reported to Tune's scheduler)."""
     import ray
     from ray import tune
 
@@ -79,7 +94,7 @@ def tune_trainable(config: dict[str, Any], datasets: dict[str, Dataset], run_dir
     if previous is not None:  # finished in an earlier invocation (or by another executor): keep it, do not recompute
         if previous.status == "ok" and previous.trial_id == spec.trial_id:
             tune.report({"status": "ok", "harness_trial": spec.trial_id, "reused": 1, "node_id": node_id,
-                         **_flat_metrics(previous)})
+                         "step": spec.budget.steps, **_flat_metrics(previous)})
             return
 
     restore = None
@@ -92,18 +107,27 @@ def tune_trainable(config: dict[str, Any], datasets: dict[str, Dataset], run_dir
         with tempfile.TemporaryDirectory() as directory:
             torch.save(state, Path(directory) / STATE_FILE)
             step = state["losses"][-1]["step"] if state.get("losses") else -1
-            tune.report({"status": "running", "harness_trial": spec.trial_id, "step": step, "node_id": node_id},
-                        checkpoint=tune.Checkpoint.from_directory(directory))
+            _report({"status": "running", "harness_trial": spec.trial_id, "step": step, "node_id": node_id},
+                    checkpoint=tune.Checkpoint.from_directory(directory))
 
+    def report_evaluation(done: int, values: dict[str, float]) -> None:
+        _report({"status": "running", "harness_trial": spec.trial_id, "step": done, "node_id": node_id, **values})
+
+    intermediate = None
+    if evaluate_every:
+        intermediate = IntermediateEvaluation(tuple(evaluate_metrics), evaluate_every, report_evaluation)
     try:
         result = run_trial(spec, run_dir, dataset=datasets[dataset_key(spec)], device=device,
                            restore=restore, save_checkpoint=save_checkpoint, tracking=tracking,
-                           provenance=placement)
-        final = {"status": "ok", "harness_trial": spec.trial_id, "node_id": node_id, **_flat_metrics(result)}
+                           provenance=placement, intermediate=intermediate)
+        final = {"status": result.status, "harness_trial": spec.trial_id, "node_id": node_id,
+                 "step": spec.budget.steps, **_flat_metrics(result)}
     except TrialDiverged as exc:  # retrying a diverged trial from its last checkpoint would diverge again
         final = {"status": "failed", "harness_trial": spec.trial_id, "error": str(exc), "node_id": node_id}
     if storage is not None:  # before the final report: once Tune sees it, the driver may fetch the trial
         storage.upload(trial_dir, f"trials/{trial_dir.name}")
+    if final["status"] == "stopped":  # its session takes no more reports: end the thread the way Tune's stop does
+        raise SystemExit(0)
     tune.report(final)
 
 
@@ -170,8 +194,10 @@ def _fit(
     tracking: TrackingContext | None,
     tune_config: dict[str, Any],
     storage: RunStorage | None = None,
+    intermediate: tuple[tuple[str, ...], int] | None = None,
 ):
-    """Build (or restore) and run one Tune experiment under ``run_dir/ray/<experiment_name>`` (or in ``storage``)."""
+    """Build (or restore) and run one Tune experiment under ``run_dir/ray/<experiment_name>`` (or in ``storage``);
+    ``intermediate`` = (metrics, every steps) evaluated during training, for a scheduler."""
     from ray import tune
 
     resources = specs[0].resources
@@ -181,7 +207,9 @@ def _fit(
     try:
         trainable = tune.with_resources(
             tune.with_parameters(tune_trainable, datasets=prepare(specs, device), run_dir=str(run_dir),
-                                 device=device, tracking=tracking, storage=storage),
+                                 device=device, tracking=tracking, storage=storage,
+                                 evaluate_metrics=intermediate[0] if intermediate else (),
+                                 evaluate_every=intermediate[1] if intermediate else 0),
             {"cpu": resources.cpu, "gpu": resources.gpu},
         )
         storage_path = storage.tune_path() if storage is not None else str(run_dir / "ray")

@@ -7,6 +7,12 @@ restored with the searcher's history by re-running the same command with the sam
 
 One sweep sample = one trial of the sweep method at the suite's first shots setting and first seed, with the sampled
 values overriding the method's params.
+
+With ``sweep.asha`` the trials evaluate the metric every ``eval_every`` steps and Tune's ``ASHAScheduler`` stops the
+unpromising ones (time attribute ``step``). Stopped trials enter the study as *pruned* with their intermediate values
+(Optuna's TPE ranks pruned trials below complete ones), and the best configuration is chosen among the trials that
+ran the whole budget: ``get_best_result(scope="all")`` would also consider a stopped trial's intermediate value,
+measured after a fraction of the budget the best configuration is meant for.
 """
 
 from __future__ import annotations
@@ -48,7 +54,13 @@ def _searcher_class():
     from ray.tune.search.optuna import OptunaSearch
 
     class FinalMetricOptunaSearch(OptunaSearch):
-        """Our trials report the metric once, at the end; intermediate reports only carry checkpoints.
+        """Our trials report the final metric once, at the end (``status`` ok); intermediate reports carry checkpoints
+        or, with a scheduler, intermediate values (``status`` running, at ``step`` steps done).
+
+        Intermediate values go to Optuna as such, at their training step (Ray's uses the report count). A trial that
+        ends on an intermediate result was stopped by the scheduler: pruned in the study, not complete with its
+        intermediate value (Ray's default). A trial that ends ``failed`` (diverged) is a failed study trial, not a
+        pruned one (Ray's default for a result without the metric).
 
         A driver killed after Optuna recorded a trial's value but before Tune's next experiment snapshot leaves a
         trial that Tune resumes although the study has it finished: its repeated result (the same number: trials are
@@ -62,8 +74,18 @@ def _searcher_class():
             return self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished()
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
-            if self.metric in result and not self._finished_in_study(trial_id):
-                super().on_trial_result(trial_id, result)
+            if (self.metric in result and result.get("status") == "running" and trial_id in self._ot_trials
+                    and trial_id not in self._completed_trials and not self._finished_in_study(trial_id)):
+                self._ot_trials[trial_id].report(float(result[self.metric]), int(result["step"]))
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            status = (result or {}).get("status")
+            if status == "running":  # Tune hands the result that made the scheduler stop a trial only to this call
+                self.on_trial_result(trial_id, result)
+            if status in ("running", "stopped", "failed"):  # no final value: pruned (stopped early) or failed
+                super().on_trial_complete(trial_id, None, error=error or status == "failed")
+            else:
+                super().on_trial_complete(trial_id, result, error)
 
     return FinalMetricOptunaSearch
 
@@ -77,6 +99,8 @@ class SweepOutcome:
     best_trial: str | None
     num_trials: int
     storage: str
+    stopped_early: int = 0  # by the ASHA scheduler
+    scheduler: str | None = None
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2, default=str))
@@ -115,21 +139,36 @@ def run_sweep(
         sampler=optuna.samplers.TPESampler(seed=seed),
     )
     search_alg = ConcurrencyLimiter(searcher, max_concurrent=sweep.max_concurrent) if sweep.max_concurrent else searcher
+    tune_config: dict[str, Any] = {"search_alg": search_alg, "num_samples": sweep.num_samples}
+    intermediate, scheduler_name = None, None
+    if sweep.asha is not None:
+        from ray.tune.schedulers import ASHAScheduler
+
+        asha = sweep.asha
+        tune_config["scheduler"] = ASHAScheduler(
+            time_attr="step", metric=sweep.metric, mode=sweep.mode, max_t=base.budget.steps,
+            grace_period=asha.grace_period, reduction_factor=asha.reduction_factor,
+        )
+        intermediate = ((sweep.metric,), asha.evaluation_interval)
+        scheduler_name = (f"ASHA (grace period {asha.grace_period} steps, reduction factor {asha.reduction_factor:g}, "
+                          f"evaluations every {asha.evaluation_interval} steps)")
     # the metric arrives with a trial's last report only; checkpoint reports before it do not carry it
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     grid = _fit(
         [base], run_dir, SWEEP_EXPERIMENT, {"spec": base.model_dump(mode="json")},
         address=address, num_cpus=num_cpus, device=device, max_failures=suite.resources.max_failures,
-        verbose=verbose, tracking=tracking,
-        tune_config={"search_alg": search_alg, "num_samples": sweep.num_samples}, storage=storage,
+        verbose=verbose, tracking=tracking, tune_config=tune_config, storage=storage, intermediate=intermediate,
     )
-    scored = [r for r in grid if r.metrics and sweep.metric in r.metrics]
+    finished = [r for r in grid if r.metrics and r.metrics.get("status") == "ok" and sweep.metric in r.metrics]
+    stopped = sum(1 for r in grid if r.metrics and r.metrics.get("status") == "running" and r.error is None)
     best_value, best_params, best_trial = None, {}, None
-    if scored:
-        best = grid.get_best_result(metric=sweep.metric, mode=sweep.mode, scope="all")
+    if finished:
+        pick = min if sweep.mode == "min" else max
+        best = pick(finished, key=lambda r: float(r.metrics[sweep.metric]))
         best_params = {k: v for k, v in best.config.items() if k != "spec"}
-        best_value = float(best.metrics_dataframe[sweep.metric].agg(sweep.mode))
+        best_value = float(best.metrics[sweep.metric])
         best_trial = _spec_of(best.config).trial_id
-    outcome = SweepOutcome(sweep.metric, sweep.mode, best_value, best_params, best_trial, len(grid), storage_url)
+    outcome = SweepOutcome(sweep.metric, sweep.mode, best_value, best_params, best_trial, len(grid), storage_url,
+                           stopped, scheduler_name)
     outcome.write(sweep_dir / "best.json")
     return outcome
