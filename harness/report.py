@@ -901,6 +901,9 @@ def _study_blocks(study, name: str) -> list[Any]:
             except Exception as exc:  # noqa: BLE001 - e.g. too few trials for importances
                 blocks.append(Text(f"{title}: not available ({exc})."))
                 continue
+            values = [v for t in study.trials for v in t.intermediate_values.values()]
+            if plot is ov.plot_intermediate_values and values and min(values) > 0:
+                ax.set_yscale("log")  # early values of a GAN metric span orders of magnitude
             fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
             fig.set_size_inches(7, 3.5)
             buffer = io.BytesIO()

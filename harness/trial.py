@@ -391,7 +391,8 @@ def run_trial(
 
 def _intermediate_evaluator(metrics: tuple[str, ...], spec: TrialSpec, dataset: Dataset, split: FewShotSplit,
                             model: GenerativeMethod, device: torch.device) -> Callable[[int], dict[str, float]]:
-    """The final evaluation's samples (same count, same noise) and metrics, restricted to ``metrics``."""
+    """The final evaluation's samples (same count, same noise) and metrics, restricted to ``metrics``; their pooled
+    values only (no per-class breakdown, no real-data references: those do not change during training)."""
     from harness.metrics import evaluate
 
     evaluation = spec.evaluation.model_copy(update={"metrics": list(metrics)})
@@ -401,7 +402,8 @@ def _intermediate_evaluator(metrics: tuple[str, ...], spec: TrialSpec, dataset: 
         with isolated_rng(device):
             samples = generate(model, spec.novel_classes, spec.evaluation.samples_per_class, spec.seed)
             values = evaluate(evaluation_spec, dataset, split, samples, device=device).metrics
-        return {k: float(v["value"]) for k, v in values.items() if v.get("value") is not None}
+        return {k: float(v["value"]) for k, v in values.items()
+                if v.get("value") is not None and "/" not in k and not v.get("reference")}
 
     return evaluate_now
 

@@ -154,6 +154,7 @@ def test_intermediate_evaluations_leave_the_training_unchanged(tmp_path, smoke):
     assert evaluated.metrics["fid"]["value"] == plain.metrics["fid"]["value"]
     # none after the last step: the final evaluation is that one
     assert [e["step"] for e in evaluated.evaluations] == [2, 4, 6] == [step for step, _ in reports]
+    assert all(set(e) == {"step", "fid"} for e in evaluated.evaluations)  # pooled, no per-class or real floor
     assert evaluated.wall_times["intermediate_evaluate_s"] > 0 and "intermediate_evaluate_s" not in plain.wall_times
     assert saved == [3, 7]  # checkpoints still every 4 steps (after steps 0-3 and 4-7), not at every evaluation
     assert len({e["fid"] for e in evaluated.evaluations} | {plain.metrics["fid"]["value"]}) == 4
