@@ -96,9 +96,15 @@ def test_asha_stops_unpromising_trials_and_the_best_is_a_complete_one(tmp_path):
     assert f"{len(pruned)} trials stopped early (pruned)" in text and "Failed trials" not in text
 
 
-def test_interrupted_sweep_restores_with_the_searchers_history(tmp_path):
-    """Kill `harness sweep` after two of four samples; the same command finishes with four samples in all."""
+@pytest.mark.parametrize("elsewhere", [False, True], ids=["same-run-dir", "new-machine-from-storage"])
+def test_interrupted_sweep_restores_with_the_searchers_history(tmp_path, elsewhere):
+    """Kill `harness sweep` after two of four samples; the same command finishes with four samples in all.
+
+    ``new-machine-from-storage``: the sweep keeps its run in shared storage (``--storage file://``); the local run
+    directory is deleted and the command re-run with the same run name under another path, as on a new head node —
+    the study comes back from storage and the searcher uses it there, not the path it was pickled with."""
     import os
+    import shutil
     import signal
     import subprocess
     import sys
@@ -113,28 +119,41 @@ def test_interrupted_sweep_restores_with_the_searchers_history(tmp_path):
     suite_file = tmp_path / "sweep.yaml"
     suite_file.write_text(yaml.safe_dump(data))
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "harness.cli", "sweep", str(suite_file), "--run-dir", str(run_dir),
-               "--no-progress", "--device", "cpu", "--no-tracking"]
+    storage = ["--storage", (tmp_path / "store").as_uri()] if elsewhere else []
+
+    def command(directory: Path) -> list[str]:
+        return [sys.executable, "-m", "harness.cli", "sweep", str(suite_file), "--run-dir", str(directory),
+                "--no-progress", "--device", "cpu", "--no-tracking", *storage]
+
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "TUNE_GLOBAL_CHECKPOINT_S": "1"}
 
-    def finished() -> list[Path]:
-        return [p for p in run_dir.glob("trials/*/result.json") if json.loads(p.read_text())["status"] == "ok"]
+    def finished(directory: Path) -> dict[str, str]:
+        texts = {p.parent.name: p.read_text() for p in directory.glob("trials/*/result.json")}
+        return {name: text for name, text in texts.items() if json.loads(text)["status"] == "ok"}
 
-    driver = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True,
+    driver = subprocess.Popen(command(run_dir), cwd=ROOT, env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 300
-        while time.time() < deadline and len(finished()) < 2:
+        while time.time() < deadline and len(finished(run_dir)) < 2:
             assert driver.poll() is None, f"the sweep exited early with {driver.returncode}"
             time.sleep(0.2)
         time.sleep(2.5)  # let Tune snapshot the searcher after the second sample
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
-    before = {p: p.stat().st_mtime_ns for p in finished()}
+    before = finished(run_dir)
     assert 2 <= len(before) < 4
+    if elsewhere:
+        for _ in range(50):  # processes of the killed driver's Ray may still be finishing a write
+            shutil.rmtree(run_dir, ignore_errors=True)
+            if not run_dir.exists():
+                break
+            time.sleep(0.2)
+        assert not run_dir.exists()
+        run_dir = tmp_path / "new-head" / run_dir.name
 
-    again = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE,
+    again = subprocess.Popen(command(run_dir), cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     try:
         stdout, stderr = again.communicate(timeout=420)
@@ -142,10 +161,11 @@ def test_interrupted_sweep_restores_with_the_searchers_history(tmp_path):
         if again.poll() is None:
             os.killpg(again.pid, signal.SIGKILL)
     assert again.returncode == 0, stdout[-3000:] + stderr[-3000:]
-    assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # finished samples not run again
+    after = finished(run_dir)
+    assert all(after.get(name) == text for name, text in before.items())  # finished samples not run again
     study = optuna.load_study(study_name="smoke-cgan", storage=f"sqlite:///{run_dir / 'sweep' / 'optuna.db'}")
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 4, [t.state for t in study.trials]
-    assert len(finished()) == 4
+    assert len(after) == 4
     assert json.loads((run_dir / "sweep" / "best.json").read_text())["best_value"] == pytest.approx(
         min(t.value for t in complete))

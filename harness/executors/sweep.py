@@ -1,9 +1,10 @@
 """Hyper-parameter sweeps: Optuna (TPE) through Ray Tune over a suite's ``sweep.space``.
 
 The space becomes Optuna distributions (picklable, so Tune can checkpoint the searcher — a lambda could not be); the
-study persists in ``<run dir>/sweep/optuna.db`` (inspect it with Optuna's own tools, e.g. ``optuna-dashboard``); the
-best configuration (``scope="all"``) is printed and written to ``<run dir>/sweep/best.json``. An interrupted sweep is
-restored with the searcher's history by re-running the same command with the same ``--run-dir``.
+study persists in ``<run dir>/sweep/optuna.db`` (inspect it with Optuna's own tools, e.g. ``optuna-dashboard``) and,
+with shared storage, is copied there after every finished trial; the best configuration is printed and written to
+``<run dir>/sweep/best.json``. An interrupted sweep is restored with the searcher's history by re-running the same
+command with the same ``--run-dir`` (with ``--storage``: the same run-directory name, on any machine).
 
 One sweep sample = one trial of the sweep method at the suite's first shots setting and first seed, with the sampled
 values overriding the method's params.
@@ -19,9 +20,12 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from ray.tune.search.optuna import OptunaSearch
 
 from harness.executors.ray_tune import _fit, _spec_of
 from harness.suite import ParamSpace, Suite, trial_spec
@@ -50,44 +54,86 @@ def optuna_space(space: dict[str, ParamSpace]) -> dict[str, Any]:
     return out
 
 
-def _searcher_class():
-    from ray.tune.search.optuna import OptunaSearch
+@dataclass
+class _Invocation:
+    """Where this invocation keeps the study: its sqlite URL (in this run directory) and the shared storage to copy it
+    to. Read by the searcher when Tune unpickles it on restore, so a sweep resumed elsewhere (another run-directory
+    path, a new head node after the old one died) uses the study downloaded into *this* run directory rather than the
+    path pickled when the sweep started."""
 
-    class FinalMetricOptunaSearch(OptunaSearch):
-        """Our trials report the final metric once, at the end (``status`` ok); intermediate reports carry checkpoints
-        or, with a scheduler, intermediate values (``status`` running, at ``step`` steps done).
+    study_url: str | None = None
+    storage: RunStorage | None = None
+    sweep_dir: Path | None = None
 
-        Intermediate values go to Optuna as such, at their training step (Ray's uses the report count). A trial that
-        ends on an intermediate result was stopped by the scheduler: pruned in the study, not complete with its
-        intermediate value (Ray's default). A trial that ends ``failed`` (diverged) is a failed study trial, not a
-        pruned one (Ray's default for a result without the metric).
 
-        A driver killed after Optuna recorded a trial's value but before Tune's next experiment snapshot leaves a
-        trial that Tune resumes although the study has it finished: its repeated result (the same number: trials are
-        deterministic) is not reported to Optuna again, which would raise ``UpdateFinishedTrialError`` (the repeated
-        completion is: Ray's ``on_trial_complete`` logs Optuna's refusal and goes on)."""
+_INVOCATION = _Invocation()
 
-        def _finished_in_study(self, trial_id: str) -> bool:
-            ot_trial = self._ot_trials.get(trial_id)
-            if ot_trial is None:
-                return False
-            return self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished()
 
-        def on_trial_result(self, trial_id: str, result: dict) -> None:
-            if (self.metric in result and result.get("status") == "running" and trial_id in self._ot_trials
-                    and trial_id not in self._completed_trials and not self._finished_in_study(trial_id)):
-                self._ot_trials[trial_id].report(float(result[self.metric]), int(result["step"]))
+class FinalMetricOptunaSearch(OptunaSearch):
+    """Ray's ``OptunaSearch`` for our trials, which report the final metric once, at the end (``status`` ok);
+    intermediate reports carry checkpoints or, with a scheduler, intermediate values (``status`` running, at ``step``
+    steps done).
 
-        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-            status = (result or {}).get("status")
-            if status == "running":  # Tune hands the result that made the scheduler stop a trial only to this call
-                self.on_trial_result(trial_id, result)
-            if status in ("running", "stopped", "failed"):  # no final value: pruned (stopped early) or failed
-                super().on_trial_complete(trial_id, None, error=error or status == "failed")
-            else:
-                super().on_trial_complete(trial_id, result, error)
+    * Intermediate values go to Optuna as such, at their training step (Ray's uses the report count). A trial that ends
+      on an intermediate result was stopped by the scheduler: pruned in the study, not complete with its intermediate
+      value (Ray's default). A trial that ends ``failed`` (diverged) is a failed study trial, not a pruned one.
+    * A driver killed after Optuna recorded a trial's value but before Tune's next experiment snapshot leaves a trial
+      that Tune resumes although the study has it finished: its repeated result (the same number: trials are
+      deterministic) is not reported again, which would raise ``UpdateFinishedTrialError``.
+    * Pickled (Tune's experiment state) without its storage: the study's URL is the current invocation's
+      (:class:`_Invocation`), and after each finished trial the study file is copied to the shared storage.
+    """
 
-    return FinalMetricOptunaSearch
+    def _finished_in_study(self, trial_id: str) -> bool:
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None:
+            return False
+        return self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished()
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if (self.metric in result and result.get("status") == "running" and trial_id in self._ot_trials
+                and trial_id not in self._completed_trials and not self._finished_in_study(trial_id)):
+            self._ot_trials[trial_id].report(float(result[self.metric]), int(result["step"]))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        status = (result or {}).get("status")
+        if status == "running":  # Tune hands the result that made the scheduler stop a trial only to this call
+            self.on_trial_result(trial_id, result)
+        if status in ("running", "stopped", "failed"):  # no final value: pruned (stopped early) or failed
+            super().on_trial_complete(trial_id, None, error=error or status == "failed")
+        else:
+            super().on_trial_complete(trial_id, result, error)
+        if _INVOCATION.storage is not None and _INVOCATION.sweep_dir is not None:
+            _INVOCATION.storage.upload(_INVOCATION.sweep_dir, "sweep")
+
+    # -- pickling (Tune's tuner.pkl and searcher checkpoints): the study by name and trial ids, not its storage
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_storage"] = self._storage.url if self._storage is not None else None
+        state["_ot_study"] = None
+        state["_ot_trials"] = {tid: t._trial_id for tid, t in self._ot_trials.items()}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        import optuna
+
+        state = dict(state)
+        trial_ids = state.pop("_ot_trials")
+        url = _INVOCATION.study_url or state.pop("_storage")
+        state.pop("_storage", None)
+        self.__dict__.update(state)
+        self._storage = optuna.storages.RDBStorage(url)
+        self._ot_study = optuna.load_study(study_name=self._study_name, storage=self._storage,
+                                           sampler=self._sampler, pruner=optuna.pruners.NopPruner())
+        self._ot_trials = {tid: optuna.trial.Trial(self._ot_study, ot_id) for tid, ot_id in trial_ids.items()}
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as handle:
+            pickle.dump(self.__getstate__(), handle)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as handle:
+            self.__setstate__(pickle.load(handle))
 
 
 @dataclass(frozen=True)
@@ -130,7 +176,7 @@ def run_sweep(
     storage_url = f"sqlite:///{sweep_dir / 'optuna.db'}"
     base = trial_spec(suite, suite.method_entry(sweep.method), suite.protocol.shots[0], suite.protocol.seeds[0])
 
-    searcher = _searcher_class()(
+    searcher = FinalMetricOptunaSearch(
         space=optuna_space(sweep.space),
         metric=sweep.metric,
         mode=sweep.mode,
@@ -154,11 +200,15 @@ def run_sweep(
                           f"evaluations every {asha.evaluation_interval} steps)")
     # the metric arrives with a trial's last report only; checkpoint reports before it do not carry it
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-    grid = _fit(
-        [base], run_dir, SWEEP_EXPERIMENT, {"spec": base.model_dump(mode="json")},
-        address=address, num_cpus=num_cpus, device=device, max_failures=suite.resources.max_failures,
-        verbose=verbose, tracking=tracking, tune_config=tune_config, storage=storage, intermediate=intermediate,
-    )
+    _INVOCATION.study_url, _INVOCATION.storage, _INVOCATION.sweep_dir = storage_url, storage, sweep_dir
+    try:
+        grid = _fit(
+            [base], run_dir, SWEEP_EXPERIMENT, {"spec": base.model_dump(mode="json")},
+            address=address, num_cpus=num_cpus, device=device, max_failures=suite.resources.max_failures,
+            verbose=verbose, tracking=tracking, tune_config=tune_config, storage=storage, intermediate=intermediate,
+        )
+    finally:
+        _INVOCATION.study_url, _INVOCATION.storage, _INVOCATION.sweep_dir = None, None, None
     finished = [r for r in grid if r.metrics and r.metrics.get("status") == "ok" and sweep.metric in r.metrics]
     stopped = sum(1 for r in grid if r.metrics and r.metrics.get("status") == "running" and r.error is None)
     best_value, best_params, best_trial = None, {}, None
