@@ -23,7 +23,9 @@ def cluster(monkeypatch):
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})  # the head runs no trial
-    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    # two trials on three 1-CPU workers: the third takes the retry of the trial whose node is killed (nodes cannot be
+    # added from the killer thread: Ray's node start installs signal handlers, main thread only)
+    workers = [cluster.add_node(num_cpus=1) for _ in range(3)]
     cluster.wait_for_nodes()
     yield cluster, workers
     cluster.shutdown()  # only the processes this cluster started
@@ -58,7 +60,6 @@ def test_trials_land_on_worker_nodes_and_survive_a_node_failure(tmp_path, cluste
                         node = next(w for w in workers if w.node_id == record["node_id"])
                         killed.update(node=node.node_id, trial=record["harness_trial"])
                         cluster_obj.remove_node(node, allow_graceful=False)
-                        cluster_obj.add_node(num_cpus=1)  # capacity for the retry
                         return
             time.sleep(0.2)
 
