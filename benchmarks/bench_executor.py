@@ -14,7 +14,7 @@ widths, metrics and seeds are the suite's. The evaluator is trained (or loaded f
 pass starts from a copy of that cache, so neither pass finds the other's cached reference statistics or accuracy
 baselines.
 
-    .venv/bin/python benchmarks/bench_executor.py [suites/fewshot_mnist.yaml] [--steps 100] [--workers 2]
+    .venv/bin/python benchmarks/bench_executor.py [suites/fewshot_mnist.yaml] [--steps 100] [--workers 2] [--suite-budgets]
 """
 
 from __future__ import annotations
@@ -35,9 +35,12 @@ from harness.metrics.cache import CACHE_ENV, cache_root  # noqa: E402
 from harness.suite import expand, load_suite  # noqa: E402
 
 
-def scaled_specs(suite_file: Path, steps: int, samples_per_class: int, methods: list[str] | None):
+def scaled_specs(suite_file: Path, steps: int | None, samples_per_class: int | None, methods: list[str] | None):
+    """The suite's trials, budgets scaled to ``steps`` and ``samples_per_class`` (None: the suite's own)."""
     suite = load_suite(suite_file)
     specs = expand(suite, methods)
+    if steps is None:
+        return specs
     return [s.model_copy(update={
         "budget": s.budget.model_copy(update={"steps": steps, "checkpoint_every": 0}),
         "evaluation": s.evaluation.model_copy(update={"samples_per_class": samples_per_class}),
@@ -77,7 +80,11 @@ def main() -> None:
     parser.add_argument("--samples-per-class", type=int, default=200)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--methods", default=None, help="comma-separated method labels (default: all)")
+    parser.add_argument("--suite-budgets", action="store_true",
+                        help="the suite's own budgets and sample counts (ignores --steps, --samples-per-class)")
     args = parser.parse_args()
+    if args.suite_budgets:
+        args.steps = args.samples_per_class = None
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local Ray, no token file needed
 
     specs = scaled_specs(args.suite, args.steps, args.samples_per_class,
@@ -88,7 +95,9 @@ def main() -> None:
         shutil.copytree(source / "evaluators", warm_cache / "evaluators")
     os.environ[CACHE_ENV] = str(warm_cache)
     prepare(specs)  # evaluator trained or loaded once, outside the timed passes
-    print(f"{args.suite}: {len(specs)} trials, {args.steps} steps each, {args.samples_per_class} samples/class, "
+    scale = ("the suite's budgets" if args.steps is None else
+             f"{args.steps} steps each, {args.samples_per_class} samples/class")
+    print(f"{args.suite}: {len(specs)} trials, {scale}, "
           f"{os.cpu_count()} CPUs, load avg {os.getloadavg()[0]:.2f}")
     rows = [one_pass(specs, 1, warm_cache), one_pass(specs, args.workers, warm_cache)]
     shutil.rmtree(warm_cache, ignore_errors=True)
