@@ -138,7 +138,14 @@ def test_interrupted_sweep_restores_with_the_searchers_history(tmp_path, elsewhe
         while time.time() < deadline and len(finished(run_dir)) < 2:
             assert driver.poll() is None, f"the sweep exited early with {driver.returncode}"
             time.sleep(0.2)
-        time.sleep(2.5)  # let Tune snapshot the searcher after the second sample
+        # kill once Tune's snapshot (trials, searcher) written after the second sample has reached the experiment's
+        # storage: what a resume can know (the sync is asynchronous; killed mid-sync, a resume finds an older one)
+        second_done = time.time()
+        experiment = (tmp_path / "store" / "smoke" / "run" if elsewhere else run_dir) / "ray" / "sweep"
+        while time.time() < deadline and not any(
+                p.stat().st_mtime > second_done + 1 for p in experiment.glob("experiment_state*.json")):
+            time.sleep(0.2)
+        time.sleep(0.5)
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()

@@ -216,8 +216,11 @@ def _fit(
         experiment = f"{storage_path}/{experiment_name}"
         if tune.Tuner.can_restore(experiment):
             log.warning("restoring the interrupted Tune experiment in %s", experiment)
-            tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,
-                                       resume_errored=True)
+            # param_space again: tuner.pkl does not keep it, and where the stored snapshot lacks the search
+            # generator's state (a driver killed while Tune was syncing it to storage) Tune would create new trials
+            # from an empty config
+            tuner = tune.Tuner.restore(experiment, trainable=trainable, param_space=param_space,
+                                       resume_unfinished=True, resume_errored=True)
         else:
             tuner = tune.Tuner(
                 trainable,

@@ -19,6 +19,7 @@ measured after a fraction of the budget the best configuration is meant for.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 from dataclasses import asdict, dataclass
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from harness.tracking import TrackingContext
 
 SWEEP_EXPERIMENT = "sweep"
+log = logging.getLogger(__name__)
 
 
 def optuna_space(space: dict[str, ParamSpace]) -> dict[str, Any]:
@@ -69,6 +71,11 @@ class _Invocation:
 _INVOCATION = _Invocation()
 
 
+def _persist_study() -> None:
+    if _INVOCATION.storage is not None and _INVOCATION.sweep_dir is not None:
+        _INVOCATION.storage.upload(_INVOCATION.sweep_dir, "sweep")
+
+
 class FinalMetricOptunaSearch(OptunaSearch):
     """Ray's ``OptunaSearch`` for our trials, which report the final metric once, at the end (``status`` ok);
     intermediate reports carry checkpoints or, with a scheduler, intermediate values (``status`` running, at ``step``
@@ -81,7 +88,8 @@ class FinalMetricOptunaSearch(OptunaSearch):
       that Tune resumes although the study has it finished: its repeated result (the same number: trials are
       deterministic) is not reported again, which would raise ``UpdateFinishedTrialError``.
     * Pickled (Tune's experiment state) without its storage: the study's URL is the current invocation's
-      (:class:`_Invocation`), and after each finished trial the study file is copied to the shared storage.
+      (:class:`_Invocation`). With shared storage the study file is copied there after every new and every finished
+      trial, so a searcher snapshot Tune synced to storage never names a study trial the stored study lacks.
     """
 
     def _finished_in_study(self, trial_id: str) -> bool:
@@ -90,12 +98,20 @@ class FinalMetricOptunaSearch(OptunaSearch):
             return False
         return self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished()
 
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        _persist_study()
+        return config
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if (self.metric in result and result.get("status") == "running" and trial_id in self._ot_trials
                 and trial_id not in self._completed_trials and not self._finished_in_study(trial_id)):
             self._ot_trials[trial_id].report(float(result[self.metric]), int(result["step"]))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id not in self._ot_trials:  # see __setstate__
+            log.warning("trial %s is not in the Optuna study; its result is not recorded there", trial_id)
+            return
         status = (result or {}).get("status")
         if status == "running":  # Tune hands the result that made the scheduler stop a trial only to this call
             self.on_trial_result(trial_id, result)
@@ -103,8 +119,7 @@ class FinalMetricOptunaSearch(OptunaSearch):
             super().on_trial_complete(trial_id, None, error=error or status == "failed")
         else:
             super().on_trial_complete(trial_id, result, error)
-        if _INVOCATION.storage is not None and _INVOCATION.sweep_dir is not None:
-            _INVOCATION.storage.upload(_INVOCATION.sweep_dir, "sweep")
+        _persist_study()
 
     # -- pickling (Tune's tuner.pkl and searcher checkpoints): the study by name and trial ids, not its storage
     def __getstate__(self) -> dict[str, Any]:
@@ -125,7 +140,13 @@ class FinalMetricOptunaSearch(OptunaSearch):
         self._storage = optuna.storages.RDBStorage(url)
         self._ot_study = optuna.load_study(study_name=self._study_name, storage=self._storage,
                                            sampler=self._sampler, pruner=optuna.pruners.NopPruner())
-        self._ot_trials = {tid: optuna.trial.Trial(self._ot_study, ot_id) for tid, ot_id in trial_ids.items()}
+        known = {t._trial_id for t in self._ot_study.get_trials(deepcopy=False)}
+        lost = sorted(tid for tid, ot_id in trial_ids.items() if ot_id not in known)
+        if lost:  # a study older than the snapshot (not expected: see the class docstring)
+            log.warning("the Optuna study at %s lacks the trials of %s; their results will not be recorded", url,
+                        ", ".join(lost))
+        self._ot_trials = {tid: optuna.trial.Trial(self._ot_study, ot_id)
+                           for tid, ot_id in trial_ids.items() if ot_id in known}
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as handle:
