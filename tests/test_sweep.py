@@ -142,8 +142,16 @@ def test_interrupted_sweep_restores_with_the_searchers_history(tmp_path, elsewhe
         # storage: what a resume can know (the sync is asynchronous; killed mid-sync, a resume finds an older one)
         second_done = time.time()
         experiment = (tmp_path / "store" / "smoke" / "run" if elsewhere else run_dir) / "ray" / "sweep"
-        while time.time() < deadline and not any(
-                p.stat().st_mtime > second_done + 1 for p in experiment.glob("experiment_state*.json")):
+        def snapshot_time() -> float:
+            times = []
+            for path in experiment.glob("experiment_state*.json"):
+                try:
+                    times.append(path.stat().st_mtime)
+                except FileNotFoundError:  # replaced while we looked
+                    pass
+            return max(times, default=0.0)
+
+        while time.time() < deadline and snapshot_time() <= second_done + 1:
             time.sleep(0.2)
         time.sleep(0.5)
     finally:
