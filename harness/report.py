@@ -893,7 +893,8 @@ def _study_blocks(study, name: str) -> list[Any]:
         warnings.simplefilter("ignore")
         plots = [("optimisation history", ov.plot_optimization_history),
                  ("parameter importances", ov.plot_param_importances)]
-        if any(t.intermediate_values for t in study.trials):
+        intermediate = [v for t in study.trials for v in t.intermediate_values.values()]
+        if intermediate:
             plots.append(("intermediate values", ov.plot_intermediate_values))
         for title, plot in plots:
             try:
@@ -901,8 +902,7 @@ def _study_blocks(study, name: str) -> list[Any]:
             except Exception as exc:  # noqa: BLE001 - e.g. too few trials for importances
                 blocks.append(Text(f"{title}: not available ({exc})."))
                 continue
-            values = [v for t in study.trials for v in t.intermediate_values.values()]
-            if plot is ov.plot_intermediate_values and values and min(values) > 0:
+            if plot is ov.plot_intermediate_values and min(intermediate) > 0:
                 ax.set_yscale("log")  # early values of a GAN metric span orders of magnitude
             fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
             fig.set_size_inches(7, 3.5)
@@ -916,13 +916,14 @@ def _study_blocks(study, name: str) -> list[Any]:
 def _pruned_table(pruned: list, names: list[str], study_name: str, direction: str) -> Table:
     """Trials the sweep's scheduler stopped early: how far they got and their last intermediate value (not comparable
     with complete trials' final values, measured after the whole budget)."""
-    def reached(trial) -> tuple[int, float]:
+    sign = -1 if direction == "max" else 1
+    reached = []  # (trial, last step, value there)
+    for trial in pruned:
         step = max(trial.intermediate_values, default=0)
-        return step, trial.intermediate_values.get(step, float("nan"))
-
-    ranked = sorted(pruned, key=lambda t: (-reached(t)[0], reached(t)[1] * (-1 if direction == "max" else 1)))
+        reached.append((trial, step, trial.intermediate_values.get(step, float("nan"))))
+    reached.sort(key=lambda r: (-r[1], sign * r[2]))
     rows = [Row(str(t.number), [_param_cell(t.params.get(k, "–")) for k in names]
-                + [Cell(str(reached(t)[0])), Cell(fmt(reached(t)[1]))]) for t in ranked]
+                + [Cell(str(step)), Cell(fmt(value))]) for t, step, value in reached]
     table = Table(f"sweep-pruned-{_slug(study_name)}", f"Study `{study_name}`: {len(pruned)} trials stopped early "
                   "(pruned), furthest first", ["trial", *names, "steps reached", f"last value ({direction})"], rows)
     table.notes = ["last values were measured after fewer steps than the complete trials' objectives: not comparable."]

@@ -365,7 +365,7 @@ def _cross_checks(suite: Suite, info: DatasetInfo) -> list[tuple[str, str]]:
 
 def _asha_problems(asha: AshaConfig, suite: Suite, entry: MethodEntry, method_cls) -> list[tuple[str, str]]:
     problems = []
-    steps = (entry.budget.steps if entry.budget is not None and entry.budget.steps else None) or suite.budget.steps
+    steps = entry_budget(suite, entry).steps
     if asha.grace_period >= steps:
         problems.append(("sweep.asha.grace_period", f"{asha.grace_period} is not below the {steps} steps of "
                          f"{entry.display!r}: no trial could be stopped"))
@@ -443,12 +443,16 @@ def suite_hash(suite: Suite) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
+def entry_budget(suite: Suite, entry: MethodEntry) -> Budget:
+    """The suite's budget with the method entry's overrides."""
+    if entry.budget is None:
+        return suite.budget
+    return suite.budget.model_copy(update=entry.budget.model_dump(exclude_none=True))
+
+
 def trial_spec(suite: Suite, entry: MethodEntry, shots: int, seed: int, params: dict[str, Any] | None = None) -> TrialSpec:
     """The spec of one trial; ``params`` (a sweep's sample) override the entry's params."""
     info = dataset_info(suite.dataset)
-    budget = suite.budget
-    if entry.budget is not None:
-        budget = budget.model_copy(update=entry.budget.model_dump(exclude_none=True))
     return TrialSpec(
         suite=suite.name,
         suite_version=suite.version,
@@ -462,7 +466,7 @@ def trial_spec(suite: Suite, entry: MethodEntry, shots: int, seed: int, params: 
         seed=seed,
         eval_images_per_class=suite.protocol.eval_images_per_class,
         base_images_per_class=suite.protocol.base_images_per_class,
-        budget=budget,
+        budget=entry_budget(suite, entry),
         evaluation=suite.evaluation,
         resources=suite.resources,
     )

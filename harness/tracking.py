@@ -607,7 +607,8 @@ class TrialTracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self._buffer += [Metric(mlflow_key(f"eval/{key}"), float(value), now, int(step)) for key, value in values.items()]
+        self._buffer += [Metric(mlflow_key(f"eval/{key}"), float(value), now, int(step))
+                         for key, value in values.items()]
         self.flush()
 
     def flush(self) -> None:

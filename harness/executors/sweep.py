@@ -115,7 +115,7 @@ class FinalMetricOptunaSearch(OptunaSearch):
         status = (result or {}).get("status")
         if status == "running":  # Tune hands the result that made the scheduler stop a trial only to this call
             self.on_trial_result(trial_id, result)
-        if status in ("running", "stopped", "failed"):  # no final value: pruned (stopped early) or failed
+        if status in ("running", "failed"):  # no final value: pruned (stopped early) or failed
             super().on_trial_complete(trial_id, None, error=error or status == "failed")
         else:
             super().on_trial_complete(trial_id, result, error)
@@ -133,9 +133,8 @@ class FinalMetricOptunaSearch(OptunaSearch):
         import optuna
 
         state = dict(state)
-        trial_ids = state.pop("_ot_trials")
-        url = _INVOCATION.study_url or state.pop("_storage")
-        state.pop("_storage", None)
+        trial_ids, pickled_url = state.pop("_ot_trials"), state.pop("_storage")
+        url = _INVOCATION.study_url or pickled_url
         self.__dict__.update(state)
         self._storage = optuna.storages.RDBStorage(url)
         self._ot_study = optuna.load_study(study_name=self._study_name, storage=self._storage,
