@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any, ClassVar, Protocol
 
 import pydantic
@@ -21,8 +22,10 @@ __all__ = [
     "FitHooks",
     "GenerativeMethod",
     "LabeledImages",
+    "Losses",
     "NullHooks",
     "TrialDiverged",
+    "loss_values",
 ]
 
 
@@ -120,28 +123,43 @@ class TrialDiverged(RuntimeError):
     """Raised by the harness when a method reports a non-finite loss."""
 
 
+Losses = Mapping[str, "Tensor | float"]
+
+
+def loss_values(losses: Losses) -> dict[str, float]:
+    """``losses`` as Python floats, with one host synchronisation for all tensors (not one per loss)."""
+    tensors = {k: v for k, v in losses.items() if isinstance(v, Tensor)}
+    values = {k: float(v) for k, v in losses.items() if not isinstance(v, Tensor)}
+    if tensors:
+        stacked = torch.stack([t.detach().float().reshape(()) for t in tensors.values()]).tolist()
+        values.update(zip(tensors, stacked))
+    return {k: values[k] for k in losses}
+
+
 class FitHooks(Protocol):
-    """Callbacks a method calls during ``fit``; the harness decides what they do (log, checkpoint, stop)."""
+    """What a method calls during ``fit``: one hook per generator step. The harness decides what happens there —
+    when to log, checkpoint (through ``state_dict``), evaluate, and stop a diverging trial — so a method's loop holds
+    no bookkeeping."""
 
-    def log(self, step: int, losses: dict[str, float], info: dict[str, Any] | None = None) -> None:
-        """Record the losses of generator step ``step`` (0-based); ``info`` carries facts such as the batch source."""
-
-    def checkpoint(self, step: int) -> None:
-        """Offer to checkpoint after ``step``; the harness calls ``state_dict()`` if it wants one."""
+    def step_end(self, step: int, losses: Losses, info: dict[str, Any] | None = None) -> None:
+        """Generator step ``step`` (0-based) is done and the method's state is consistent (``state_dict`` may be
+        called). ``losses`` are that step's losses; pass tensors as they are (detached, on the method's device): the
+        harness reads them only on the steps it logs, so most steps cost no host synchronisation. ``info`` carries
+        facts such as the batch source. May raise :class:`TrialDiverged` (or the harness's own stop signal): let it
+        propagate."""
 
 
 @dataclass
 class NullHooks:
-    """Hooks that only remember what they were told (tests and quick scripts)."""
+    """Hooks that only remember what they were told (tests and quick scripts): the losses of every ``log_every``-th
+    step, as floats, with their ``info``."""
 
+    log_every: int = 1
     records: list[tuple[int, dict[str, float], dict[str, Any]]] = field(default_factory=list)
-    checkpoints: list[int] = field(default_factory=list)
 
-    def log(self, step: int, losses: dict[str, float], info: dict[str, Any] | None = None) -> None:
-        self.records.append((step, dict(losses), dict(info or {})))
-
-    def checkpoint(self, step: int) -> None:
-        self.checkpoints.append(step)
+    def step_end(self, step: int, losses: Losses, info: dict[str, Any] | None = None) -> None:
+        if step % self.log_every == 0:
+            self.records.append((step, loss_values(losses), dict(info or {})))
 
 
 class GenerativeMethod(abc.ABC):
@@ -178,7 +196,7 @@ class GenerativeMethod(abc.ABC):
 
     @abc.abstractmethod
     def fit(self, task: FewShotTask, budget: Budget, hooks: FitHooks) -> None:
-        """Train on ``task`` until ``budget.steps`` generator steps are done, reporting through ``hooks``.
+        """Train on ``task`` until ``budget.steps`` generator steps are done, calling ``hooks.step_end`` after each.
 
         A method restored with ``load_state_dict`` continues from the step it had reached (resume), so the step
         counter is part of its state.

@@ -384,7 +384,7 @@ def _run_on_cluster(command: str, suite, suite_file: Path, cluster_file: Path, *
 
 
 def _print_summary(run_dir: Path) -> None:
-    from harness.trial import RESULT_FILE, TrialResult  # imported here: keeps torchvision out of `validate`
+    from harness.results import RESULT_FILE, TrialResult
 
     table = Table("trial", "status", "fit s", "final losses", "metrics")
     for path in sorted(run_dir.glob(f"trials/*/{RESULT_FILE}")):

@@ -118,7 +118,7 @@ def _trial_record(trial_id: str, name: str, spec: dict[str, Any], status: str, e
 
 def load_run_dir(run_dir: Path) -> ReportData:
     """A run directory's JSON store: ``trials/*/result.json``, ``run.json``, ``suite.yaml``."""
-    from harness.trial import RESULT_FILE, TrialResult
+    from harness.results import RESULT_FILE, TrialResult
 
     run_dir = Path(run_dir)
     trials, values, files = [], [], {}

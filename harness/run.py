@@ -13,7 +13,7 @@ import yaml
 
 from harness.runtime import git_commit, package_versions
 from harness.suite import Suite, TrialSpec, suite_hash
-from harness.trial import RESULT_FILE, TrialResult, trial_dir_for
+from harness.results import RESULT_FILE, TrialResult, trial_dir_for
 
 RUN_FILE = "run.json"
 

@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
     from harness.suite import Suite, TrialSpec
-    from harness.trial import TrialResult
+    from harness.results import TrialResult
 
 log = logging.getLogger(__name__)
 

@@ -26,51 +26,14 @@ from harness.api import Budget, FewShotTask, FitHooks, GenerativeMethod, Labeled
 from harness.data import Dataset, FewShotSplit, load_dataset, make_split
 from harness.registry import METHODS
 from harness.runtime import derive_seed, git_commit, host_facts, package_versions, resolve_device, seed_everything
+from harness.results import RESULT_FILE, TrialResult, trial_dir_for
 from harness.suite import TrialSpec
 
 if TYPE_CHECKING:
     from harness.tracking import TrackingContext
 
-RESULT_FILE = "result.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 SAMPLE_CHUNK = 500
-
-
-@dataclass
-class TrialResult:
-    """What one trial produced; written as ``result.json`` in its trial directory."""
-
-    trial_id: str
-    name: str
-    status: str  # "ok", "failed" or "stopped" (early, by a sweep's scheduler)
-    spec: dict[str, Any]
-    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
-    losses: list[dict[str, Any]] = field(default_factory=list)
-    final_losses: dict[str, float] = field(default_factory=dict)
-    provenance: dict[str, Any] = field(default_factory=dict)
-    wall_times: dict[str, float] = field(default_factory=dict)
-    artifacts: dict[str, str] = field(default_factory=dict)
-    error: str | None = None
-    evaluations: list[dict[str, float]] = field(default_factory=list)  # intermediate: {"step": n, metric: value}
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True, default=str)
-
-    @classmethod
-    def load(cls, path: str | Path) -> TrialResult:
-        return cls(**json.loads(Path(path).read_text()))
-
-    def write(self, trial_dir: Path) -> Path:
-        trial_dir.mkdir(parents=True, exist_ok=True)
-        path = trial_dir / RESULT_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)  # atomic: a reader never sees half a result
-        return path
-
-
-def trial_dir_for(run_dir: Path, spec: TrialSpec) -> Path:
-    return Path(run_dir) / "trials" / f"{spec.name}-{spec.trial_id}"
 
 
 class TrialStopped(Exception):

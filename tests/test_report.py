@@ -22,7 +22,7 @@ from harness.executors import run_inprocess
 from harness.report import build_report, load_mlflow, load_run_dir, mean_ci
 from harness.run import RunDir
 from harness.suite import expand, load_suite
-from harness.trial import TrialResult
+from harness.results import TrialResult
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "suites" / "smoke.yaml"
