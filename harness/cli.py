@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from harness.console import RunProgress, headline_text
 from harness.executors import EXECUTORS
 from harness.registry import METHODS
 from harness.suite import SuiteError, environment_problems, expand, load_suite
@@ -99,14 +100,32 @@ def _load(suite_file: Path):
     return suite
 
 
+VerboseOption = Annotated[bool, typer.Option("--verbose", help="also show Ray Tune's own trial tables and logs")]
+
+
+def _executor(name: str):
+    from harness.registry import UnknownNameError
+
+    try:
+        return EXECUTORS.get(name)
+    except UnknownNameError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--executor") from None
+
+
 @contextlib.contextmanager
 def _session(suite, suite_file: Path, *, executor: str, address: str | None, run_dir: Path | None,
-             runs_root: Path, tracking: bool, tracking_uri: str | None, storage: str | None = None):
-    """Reach Ray and the tracking server (clear errors before anything runs), open the run directory (first fetched
-    from shared ``storage`` when it holds it: a resumed cluster run) and the MLflow parent run; close what was opened,
-    whatever happens. The yielded ``outcome`` carries the :class:`~harness.storage.RunStorage` (or None)."""
+             runs_root: Path, tracking: bool, tracking_uri: str | None, storage: str | None = None,
+             verbose: bool = False):
+    """Reach the executor's compute and the tracking server (clear errors before anything runs), open the run
+    directory (first fetched from shared ``storage`` when it holds it: a resumed cluster run) and the MLflow parent
+    run; close what was opened, whatever happens. Yields ``(run, executor, tracking context, outcome)``."""
     from harness.run import RunDir, new_run_path
 
+    executor_cls = _executor(executor)
+    if storage is not None and not executor_cls.supports_storage:
+        raise typer.BadParameter(f"--storage is for executors that run trials on other nodes, not {executor!r}")
+    if address is not None and executor_cls.name == "inprocess":
+        raise typer.BadParameter("--address is for the ray executor", param_hint="--address")
     run_storage = None
     if storage is not None:
         from harness.storage import RunStorage, StorageError, check_storage_uri, run_key
@@ -120,15 +139,13 @@ def _session(suite, suite_file: Path, *, executor: str, address: str | None, run
         run_storage = RunStorage(uri, run_key(suite.name, run_dir))
         if run_storage.download("", run_dir):
             console.print(f"resuming the run stored at {run_storage.root}", highlight=False)
-    connection = None
-    if executor == "ray":
-        from harness.executors.ray_tune import init_ray
-
-        try:
-            connection = init_ray(address)
-        except ConnectionError as exc:
-            err_console.print(f"[red]✗[/red] {exc}", highlight=False)
-            raise typer.Exit(2) from None
+    runner = executor_cls(address=address, storage=run_storage, verbose=verbose,
+                          max_failures=suite.resources.max_failures)
+    try:
+        reached = runner.connect()
+    except ConnectionError as exc:
+        err_console.print(f"[red]✗[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
     context = None
     status = "KILLED"
     try:
@@ -137,10 +154,10 @@ def _session(suite, suite_file: Path, *, executor: str, address: str | None, run
         if tracking:
             from harness import tracking as mlflow_tracking
 
+            uri = mlflow_tracking.resolve_tracking_uri(tracking_uri, run.path)
             try:
-                uri = mlflow_tracking.resolve_tracking_uri(tracking_uri, run.path, cluster=bool(address))
                 mlflow_tracking.check_tracking_server(uri)
-            except (ValueError, ConnectionError) as exc:
+            except ConnectionError as exc:
                 err_console.print(f"[red]✗[/red] {exc}", highlight=False)
                 raise typer.Exit(2) from None
             try:
@@ -151,32 +168,28 @@ def _session(suite, suite_file: Path, *, executor: str, address: str | None, run
                 raise typer.Exit(2) from None
             console.print(f"MLflow: {uri} (experiment {suite.name!r}); browse with `harness ui {run.path}`",
                           highlight=False)
-        if connection is not None:
-            console.print(f"Ray: {address or 'local'} ({connection.address}); dashboard: "
-                          f"{connection.dashboard_url or 'not installed (pip install ray[default])'}; Tune "
-                          f"experiments under {run.path.resolve() / 'ray'}", highlight=False)
+        if reached:
+            console.print(reached, highlight=False)
         outcome: dict = {"failed": 0, "storage": run_storage}
-        yield run, connection, context, outcome
+        yield run, runner, context, outcome
         status = "FAILED" if outcome["failed"] else "FINISHED"
     finally:
         if context is not None:
             mlflow_tracking.finish_run_tracking(context, status)
-        if connection is not None and connection.started:
-            import ray
-
-            ray.shutdown()
+        runner.close()
 
 
 @app.command()
 def run(
     suite_file: Annotated[Path, typer.Argument(help="suite YAML file", metavar="SUITE")],
-    executor: Annotated[str, typer.Option(help=f"one of {', '.join(EXECUTORS)}")] = "ray",
+    executor: Annotated[str, typer.Option(help=f"one of {', '.join(EXECUTORS.names())}")] = "ray",
     address: AddressOption = None,
     run_dir: RunDirOption = None,
     runs_root: RunsRootOption = Path("runs"),
     only: Annotated[Optional[str], typer.Option("--methods", help="comma-separated method labels to run")] = None,
     device: DeviceOption = "auto",
     progress: ProgressOption = True,
+    verbose: VerboseOption = False,
     tracking_uri: TrackingUriOption = None,
     tracking: TrackingOption = True,
     cluster: ClusterOption = None,
@@ -185,8 +198,7 @@ def run(
     storage: StorageOption = None,
 ) -> None:
     """Run every trial of a suite; one result.json per trial under the run directory, MLflow runs beside."""
-    if executor not in EXECUTORS:
-        raise typer.BadParameter(f"unknown executor {executor!r}; choose from {', '.join(EXECUTORS)}")
+    _executor(executor)
     suite = _load(suite_file)
     try:
         specs = expand(suite, only.split(",") if only else None)
@@ -198,23 +210,14 @@ def run(
         _run_on_cluster("run", suite, suite_file, cluster, up=up, dashboard=dashboard, storage=storage,
                         run_dir=run_dir, runs_root=runs_root, tracking=tracking, tracking_uri=tracking_uri,
                         extra_args=[*extra, "--device", device])
-    if storage is not None and executor != "ray":
-        raise typer.BadParameter("--storage is for the ray executor (trials on other nodes)")
     with _session(suite, suite_file, executor=executor, address=address, run_dir=run_dir, runs_root=runs_root,
-                  tracking=tracking, tracking_uri=tracking_uri, storage=storage) as (run, connection, context,
-                                                                                     outcome):
-        pending = [s for s in specs if run.finished(s) is None]
-        console.print(f"suite [bold]{suite.name}[/bold]: {len(specs)} trials, {len(specs) - len(pending)} already "
-                      f"finished", highlight=False)
-        if connection is not None:
-            from harness.executors import run_ray
-
-            run_ray(specs, run.path, device=device, max_failures=suite.resources.max_failures,
-                    verbose=1 if progress else 0, tracking=context, storage=outcome["storage"])
-        else:
-            from harness.executors import run_inprocess
-
-            run_inprocess(pending, run.path, device=device, progress=progress, tracking=context)
+                  tracking=tracking, tracking_uri=tracking_uri, storage=storage, verbose=verbose) as (
+            run, runner, context, outcome):
+        done = sum(run.finished(s) is not None for s in specs)
+        console.print(f"suite [bold]{suite.name}[/bold]: {len(specs)} trials, {done} already finished",
+                      highlight=False)
+        with RunProgress(len(specs), console=console, enabled=progress, done=done) as shown:
+            runner.run(specs, run.path, device=device, tracking=context, progress=shown)
         outcome["failed"] = sum(run.finished(s) is None for s in specs)
         _print_summary(run.path)
     _write_report(run.path, outcome["storage"])
@@ -231,6 +234,7 @@ def sweep(
     runs_root: RunsRootOption = Path("runs"),
     device: DeviceOption = "auto",
     progress: ProgressOption = True,
+    verbose: VerboseOption = False,
     tracking_uri: TrackingUriOption = None,
     tracking: TrackingOption = True,
     cluster: ClusterOption = None,
@@ -248,12 +252,13 @@ def sweep(
                         run_dir=run_dir, runs_root=runs_root, tracking=tracking, tracking_uri=tracking_uri,
                         extra_args=["--device", device])
     with _session(suite, suite_file, executor="ray", address=address, run_dir=run_dir, runs_root=runs_root,
-                  tracking=tracking, tracking_uri=tracking_uri, storage=storage) as (run, _connection, context,
-                                                                                     outcome):
+                  tracking=tracking, tracking_uri=tracking_uri, storage=storage, verbose=verbose) as (
+            run, _runner, context, outcome):
         from harness.executors.sweep import run_sweep
 
-        result = run_sweep(suite, run.path, device=device, verbose=1 if progress else 0, tracking=context,
-                           storage=outcome["storage"])
+        with RunProgress(suite.sweep.num_samples, console=console, enabled=progress) as shown:
+            result = run_sweep(suite, run.path, device=device, verbose=2 if verbose else 0, tracking=context,
+                               storage=outcome["storage"], progress=shown)
         outcome["failed"] = int(result.best_value is None)
         _print_summary(run.path)
     _write_report(run.path, outcome["storage"])
@@ -324,8 +329,13 @@ def _write_report(run_dir: Path, storage=None) -> None:
 def _run_on_cluster(command: str, suite, suite_file: Path, cluster_file: Path, *, up: bool, dashboard: str | None,
                     storage: str | None, run_dir: Path | None, runs_root: Path, tracking: bool,
                     tracking_uri: str | None, extra_args: list[str]) -> None:
-    """``--cluster``: check everything here, submit ``harness <command>`` as a Ray Job, follow it, fetch the run;
-    exits with the job's status (never returns)."""
+    """``--cluster``: check everything here, submit ``harness <command>`` as a Ray Job, follow it, bring the run
+    back; exits with the job's status (never returns).
+
+    Storage and tracking come from the flags, else from the cluster file's ``metadata.fewshot_harness`` block. A
+    cluster whose nodes share this machine's disk (Ray's fake multi-node provider) needs neither: the job writes into
+    the local run directory itself. MLflow is written by the job's driver into the run directory (or a server, if one
+    is named), so it travels back with the run."""
     from harness import cluster as ray_cluster
     from harness.run import new_run_path
     from harness.storage import RunStorage, StorageError, check_storage_uri, run_key
@@ -338,48 +348,62 @@ def _run_on_cluster(command: str, suite, suite_file: Path, cluster_file: Path, *
         target = ray_cluster.load_cluster_file(cluster_file)
     except ray_cluster.ClusterConfigError as exc:
         fail(str(exc))
-    if storage is None:
-        fail("--cluster needs --storage URI (s3://, gs://, or file:/// on a file system every node mounts): trials "
-             "on worker nodes write their results there and this machine fetches the run from it")
-    try:
-        storage = check_storage_uri(storage)
-    except StorageError as exc:
-        fail(str(exc))
+    settings = target.harness_settings
+    storage = storage or settings.storage
+    if storage is None and not target.shares_disk:
+        fail(f"{cluster_file}: trials on the cluster's worker nodes need storage every node can write (s3://, gs://, "
+             f"or file:/// on a file system every node mounts): set {ray_cluster.METADATA_KEY}.storage under "
+             f"`metadata:` in {cluster_file}, or pass --storage URI")
+    if storage is not None:
+        try:
+            storage = check_storage_uri(storage)
+        except StorageError as exc:
+            fail(str(exc))
     uri = None
     if tracking:
-        from harness.tracking import resolve_tracking_uri
+        uri = tracking_uri or settings.tracking_uri  # None: the job's run directory holds the store
+        if uri is not None:
+            from harness.tracking import check_tracking_server
 
-        try:
-            uri = resolve_tracking_uri(tracking_uri, Path("."), cluster=True)
-        except ValueError as exc:
-            fail(f"{exc} (or pass --no-tracking)")
-    local_run = run_dir or new_run_path(suite, runs_root)
-    # the job's own copy of the run (the stored run is the one that counts); in the shipped working directory, or in
-    # a temporary folder when the project is used in place (fake multi-node: the job would write into ./runs)
-    remote_run = (f"runs/{suite.name}/{local_run.name}" if target.ships_project else
-                  f"{tempfile.gettempdir()}/harness-job-runs/{suite.name}/{local_run.name}")
+            try:
+                check_tracking_server(uri)
+            except ConnectionError as exc:
+                fail(f"{exc} (the cluster's job writes MLflow there; leave it unset to track into the run directory)")
+    local_run = (run_dir or new_run_path(suite, runs_root)).resolve()
+    if storage is None:  # the job's nodes share this disk: it writes the local run directory itself
+        remote_run = str(local_run)
+    else:  # the job's own copy of the run (the stored run is the one that counts), brought back from storage
+        remote_run = (f"runs/{suite.name}/{local_run.name}" if target.ships_project else
+                      f"{tempfile.gettempdir()}/harness-job-runs/{suite.name}/{local_run.name}")
     try:
         request = ray_cluster.job_request(suite_file, root=ray_cluster.project_root(), storage=storage,
-                                          run_dir=remote_run, command=command, tracking_uri=uri,
+                                          run_dir=remote_run, command=command, tracking=tracking, tracking_uri=uri,
                                           extra_args=extra_args, ship_project=target.ships_project)
         if up:
             console.print(f"bringing up cluster {target.name!r} ({target.provider})", highlight=False)
             ray_cluster.cluster_up(target)
         address = target.dashboard_url(dashboard)
         console.print(f"cluster {target.name!r} ({target.provider}, up to {target.max_workers} workers); "
-                      f"dashboard {address}; storage {storage}", highlight=False)
+                      f"dashboard {address}; storage {storage or 'this machine (shared disk)'}", highlight=False)
         job_id, status = ray_cluster.submit_and_follow(
             address, request, echo=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
     except (FileNotFoundError, ConnectionError, ray_cluster.ClusterConfigError) as exc:
         fail(str(exc))
-    stored = RunStorage(storage, run_key(suite.name, local_run))
-    try:
-        fetched = stored.download("", local_run)
-    except Exception as exc:  # noqa: BLE001 - e.g. no credentials for the bucket here: the run is safe in storage
-        fetched = False
-        err_console.print(f"[yellow]could not fetch {stored.root}: {exc}[/yellow]", highlight=False)
-    console.print(f"Ray Job {job_id}: exit status {status}; run: "
-                  f"{local_run if fetched else stored.root}", highlight=False)
+    where = str(local_run)
+    if storage is not None:
+        stored = RunStorage(storage, run_key(suite.name, local_run))
+        try:
+            fetched = stored.download("", local_run)
+        except Exception as exc:  # noqa: BLE001 - e.g. no credentials for the bucket here: the run is safe in storage
+            fetched = False
+            err_console.print(f"[yellow]could not fetch {stored.root}: {exc}[/yellow]", highlight=False)
+        if fetched:
+            from harness.tracking import relocate_store
+
+            relocate_store(local_run)
+        else:
+            where = stored.root
+    console.print(f"Ray Job {job_id}: exit status {status}; run: {where}", highlight=False)
     raise typer.Exit(status)
 
 
@@ -390,11 +414,7 @@ def _print_summary(run_dir: Path) -> None:
     for path in sorted(run_dir.glob(f"trials/*/{RESULT_FILE}")):
         r = TrialResult.load(path)
         losses = " ".join(f"{k}={v:.3f}" for k, v in r.final_losses.items())
-        shown = " ".join(f"{k}={v['value']:.3g}" for k, v in r.metrics.items()  # pooled, generated only
-                         if "/" not in k and not v.get("reference") and v.get("value") is not None)
-        if r.status == "stopped" and r.evaluations:  # what it reached: its last intermediate evaluation
-            last = r.evaluations[-1]
-            shown = " ".join(f"{k}={v:.3g}" for k, v in last.items() if k != "step") + f" at step {last['step']}"
+        shown = headline_text(r, limit=len(r.metrics))
         status = {"ok": "[green]ok[/green]", "stopped": f"[yellow]stopped[/yellow]: {r.error}"}.get(
             r.status, f"[red]{r.status}[/red]: {r.error}")
         table.add_row(r.name, status, f"{r.wall_times.get('fit_s', float('nan')):.1f}", losses, shown)

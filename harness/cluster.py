@@ -5,11 +5,16 @@
 2. ``--up`` brings the cluster up (``ray.autoscaler.sdk.create_or_update_cluster``, what ``ray up`` does).
 3. The run is submitted to the head as a **Ray Job** (``JobSubmissionClient`` on the dashboard port): the working
    directory is this project (package, suites; ``.venv``, ``runs/``, data and stores excluded), the entry point is
-   ``python -m harness run SUITE --address auto --storage URI --run-dir ...`` and the MLflow URI is passed as
-   ``MLFLOW_TRACKING_URI``. Token authentication (Ray ≥ 2.52) is honoured by the client as by ``ray job submit``:
+   ``python -m harness run SUITE --address auto [--storage URI] --run-dir ...``. The job's driver writes MLflow into
+   its run directory (a tracking server only if one is named, passed as ``MLFLOW_TRACKING_URI``): trials report to
+   it, so worker nodes need no MLflow access. Storage and a tracking server may be given in the cluster file itself,
+   under Ray's user-data field ``metadata: {fewshot_harness: {storage: ..., tracking_uri: ...}}`` (flags win).
+   Token authentication (Ray ≥ 2.52) is honoured by the client as by ``ray job submit``:
    ``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH`` / ``~/.ray/auth_token``.
 4. The job's logs are streamed here; the exit status is the job's. Ctrl+C detaches (the job goes on) and prints how
-   to follow or stop it. When the job ends, the run is copied from shared storage into the local run directory.
+   to follow or stop it. When the job ends, the run is copied from shared storage into the local run directory (its
+   MLflow store re-pointed at the artifacts' new place). A cluster whose nodes share this disk (the fake multi-node
+   provider) needs no storage: the job writes the local run directory itself.
 
 The dashboard address is ``--dashboard URL`` if given, else ``http://<head IP>:<port>`` with the port from the head's
 ``ray start --dashboard-port`` in FILE (default 8265). Cloud heads usually do not expose that port: forward it with
@@ -24,8 +29,9 @@ import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
+import pydantic
 import yaml
 
 DEFAULT_DASHBOARD_PORT = 8265
@@ -34,6 +40,18 @@ LOCAL_PROVIDERS = ("fake_multinode", "local")
 JOB_EXCLUDES = [".venv", "venv", ".git", "runs", "data", "mlruns", "*.db", "ray_results", "__pycache__", "*.pt",
                 "*.pth", "*.egg-info", "reports", ".pytest_cache", "tmp_*"]
 TERMINAL_JOB_STATES = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 130}
+
+
+METADATA_KEY = "fewshot_harness"  # under Ray's own `metadata:` (user data Ray's schema allows and ignores)
+
+
+class HarnessSettings(pydantic.BaseModel):
+    """The harness's settings a cluster file may carry in ``metadata.fewshot_harness``; command-line flags win."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    storage: Optional[str] = pydantic.Field(None, description="shared storage URI (as --storage)")
+    tracking_uri: Optional[str] = pydantic.Field(None, description="an MLflow server (as --tracking-uri)")
 
 
 class ClusterConfigError(ValueError):
@@ -56,6 +74,16 @@ class ClusterFile:
     @property
     def provider(self) -> str:
         return self.config["provider"]["type"]
+
+    @property
+    def harness_settings(self) -> HarnessSettings:
+        return HarnessSettings.model_validate((self.config.get("metadata") or {}).get(METADATA_KEY) or {})
+
+    @property
+    def shares_disk(self) -> bool:
+        """Whether every node sees this machine's disk (the fake multi-node provider: its nodes are local
+        processes), so trials can write the run directory itself and no shared storage is needed."""
+        return self.provider == "fake_multinode"
 
     @property
     def ships_project(self) -> bool:
@@ -148,6 +176,14 @@ def load_cluster_file(path: str | Path) -> ClusterFile:
             lo, hi = node_type.get("min_workers", 0), node_type.get("max_workers")
             if isinstance(lo, int) and isinstance(hi, int) and lo > hi:
                 problems.append((f"available_node_types.{name}", f"min_workers {lo} > max_workers {hi}"))
+    settings = (config.get("metadata") or {}).get(METADATA_KEY) if isinstance(config.get("metadata"), dict) else None
+    if settings is not None:
+        try:
+            HarnessSettings.model_validate(settings)
+        except pydantic.ValidationError as exc:
+            for error in exc.errors():
+                loc = ".".join(str(p) for p in ("metadata", METADATA_KEY, *error["loc"]))
+                problems.append((loc, error["msg"]))
     if not problems and provider["type"] not in LOCAL_PROVIDERS:
         # Ray's defaults for the provider (as `ray up` merges them); catches e.g. unknown provider types
         from ray.autoscaler._private.util import prepare_config, validate_config
@@ -194,8 +230,9 @@ class JobRequest:
     metadata: dict[str, str]
 
 
-def job_request(suite_file: Path, *, root: Path, storage: str, run_dir: str, command: str = "run",
-                tracking_uri: str | None, extra_args: list[str] = (), ship_project: bool = True) -> JobRequest:
+def job_request(suite_file: Path, *, root: Path, storage: str | None, run_dir: str, command: str = "run",
+                tracking: bool = True, tracking_uri: str | None = None, extra_args: list[str] = (),
+                ship_project: bool = True) -> JobRequest:
     """The Ray Job that runs ``harness <command>`` on the head against the cluster it runs in.
 
     ``ship_project=False`` (see :attr:`ClusterFile.ships_project`): the job and its trials import the project in place
@@ -207,13 +244,13 @@ def job_request(suite_file: Path, *, root: Path, storage: str, run_dir: str, com
         raise FileNotFoundError(f"{suite_file} is outside the project {root}, which is what the cluster receives; "
                                 "put the suite under the project (e.g. suites/)") from None
     suite_arg = (suite_rel if ship_project else suite_file).as_posix()
-    args = ["python", "-m", "harness", command, suite_arg, "--address", "auto", "--storage", storage,
-            "--run-dir", run_dir, "--no-progress", *extra_args]
+    args = ["python", "-m", "harness", command, suite_arg, "--address", "auto",
+            *(["--storage", storage] if storage else []), "--run-dir", run_dir, "--no-progress", *extra_args]
     env = {"PYTHONUNBUFFERED": "1"}
-    if tracking_uri:
-        env["MLFLOW_TRACKING_URI"] = tracking_uri
-    else:
+    if not tracking:
         args.append("--no-tracking")
+    elif tracking_uri:  # else the job's driver tracks into its run directory, which comes back with the run
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
     if ship_project:
         runtime_env = {"working_dir": str(root), "excludes": JOB_EXCLUDES, "env_vars": env}
         entrypoint = shlex.join(args)

@@ -31,6 +31,11 @@ class TrialResult:
     error: str | None = None
     evaluations: list[dict[str, float]] = field(default_factory=list)  # intermediate: {"step": n, metric: value}
 
+    def headline(self) -> dict[str, float]:
+        """Pooled values of the generated samples (no per-class keys, no real-data references)."""
+        return {k: float(v["value"]) for k, v in self.metrics.items()
+                if "/" not in k and not v.get("reference") and v.get("value") is not None}
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True, default=str)
 

@@ -61,8 +61,13 @@ class RunDir:
 
     def finished(self, spec: TrialSpec) -> TrialResult | None:
         """The stored result of ``spec`` if it completed in an earlier invocation."""
-        path = trial_dir_for(self.path, spec) / RESULT_FILE
-        if not path.exists():
-            return None
-        result = TrialResult.load(path)
-        return result if result.status == "ok" and result.trial_id == spec.trial_id else None
+        return finished_result(self.path, spec)
+
+
+def finished_result(run_dir: Path, spec: TrialSpec) -> TrialResult | None:
+    """The result ``spec`` left in ``run_dir`` if it completed (status ok, same trial id), else None."""
+    path = trial_dir_for(run_dir, spec) / RESULT_FILE
+    if not path.exists():
+        return None
+    result = TrialResult.load(path)
+    return result if result.status == "ok" and result.trial_id == spec.trial_id else None

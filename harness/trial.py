@@ -2,63 +2,77 @@
 
 It is pure given its spec: it seeds everything from the spec, reads only the dataset it is handed (or loads the one
 the spec names) and writes only under its own trial directory. Executors differ in *where* trials run, never in
-*what* a trial computes.
+*what* a trial computes: what they add (tracking, Tune reports, checkpoint storage, progress) are
+:class:`~harness.callbacks.TrialCallback`\ s, and the trial's loop (:class:`TrialLoop`) decides when each is called.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
 import traceback
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torchvision.utils import save_image
 
-from harness.api import Budget, FewShotTask, FitHooks, GenerativeMethod, LabeledImages, TrialDiverged
+from harness.api import Budget, FewShotTask, FitHooks, GenerativeMethod, LabeledImages, Losses, TrialDiverged, loss_values
+from harness.callbacks import TrialCallback, TrialInfo, TrialStopped, call_all, wants
 from harness.data import Dataset, FewShotSplit, load_dataset, make_split
 from harness.registry import METHODS
-from harness.runtime import derive_seed, git_commit, host_facts, package_versions, resolve_device, seed_everything
 from harness.results import RESULT_FILE, TrialResult, trial_dir_for
+from harness.runtime import derive_seed, git_commit, host_facts, package_versions, resolve_device, seed_everything
 from harness.suite import TrialSpec
 
-if TYPE_CHECKING:
-    from harness.tracking import TrackingContext
+__all__ = [
+    "CHECKPOINT_FILE", "RESULT_FILE", "FileCheckpoint", "IntermediateEvaluation", "TrialLoop", "TrialResult",
+    "TrialStopped", "run_trial", "trial_dir_for",
+]
 
 CHECKPOINT_FILE = "checkpoint.pt"
 SAMPLE_CHUNK = 500
 
 
-class TrialStopped(Exception):
-    """The executor's scheduler stopped the trial early (a sweep's ASHA): not a failure. ``run_trial`` records the
-    trial as ``stopped``, with the intermediate evaluations it reached, and returns."""
-
-
-@dataclass(frozen=True)
-class IntermediateEvaluation:
+class IntermediateEvaluation(TrialCallback):
     """Evaluate ``metrics`` on the model being fitted after every ``every`` steps before the last (the final
-    evaluation covers that one) and pass them to ``report(steps done, values)``: what a sweep's early stopping compares
-    trials on. ``report`` may raise :class:`TrialStopped`.
+    evaluation covers that one): what a sweep's early stopping compares trials on. The values reach every callback's
+    ``on_evaluation`` (tracking, the scheduler's report, which may stop the trial).
 
     The evaluation samples in the generator's eval mode and under saved random states, so a trial's training
     trajectory — and its final numbers — are the same with or without intermediate evaluations."""
 
-    metrics: tuple[str, ...]
-    every: int
-    report: Callable[[int, dict[str, float]], None] | None = None
+    def __init__(self, metrics: Sequence[str], every: int) -> None:
+        if every < 1:
+            raise ValueError(f"evaluation interval must be at least 1 step, got {every}")
+        self.metrics, self.every = tuple(metrics), every
 
-    def fit_budget(self, budget: Budget) -> Budget:
-        """The budget handed to ``fit``: methods offer their state (``hooks.checkpoint``) every ``checkpoint_every``
-        steps, so offers must come at every evaluation and every real checkpoint; the hooks tell them apart."""
-        offer = math.gcd(budget.checkpoint_every, self.every) if budget.checkpoint_every else self.every
-        return budget.model_copy(update={"checkpoint_every": offer})
+    def on_step_end(self, trial: TrialInfo, step: int) -> None:
+        done = step + 1
+        if done % self.every == 0 and done < trial.spec.budget.steps and trial.evaluate is not None:
+            trial.evaluate(self.metrics)
+
+
+class FileCheckpoint(TrialCallback):
+    """Keeps the trial's latest resumable state in ``<trial dir>/checkpoint.pt`` (atomic replace): what the
+    in-process executor resumes from. ``load`` returns it, or None."""
+
+    def __init__(self, trial_dir: Path) -> None:
+        self.path = Path(trial_dir) / CHECKPOINT_FILE
+
+    def load(self, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+        if not self.path.exists():
+            return None
+        return torch.load(self.path, map_location=map_location, weights_only=False)
+
+    def on_checkpoint(self, trial: TrialInfo, state: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.path)
 
 
 @contextmanager
@@ -114,7 +128,9 @@ class PerClassMethod(GenerativeMethod):
             seed_everything(derive_seed(task.seed, "fit-class", label))
             self._model(label).fit(class_task, budget, _ClassHooks(hooks, label))
             self.done.append(label)
-            hooks.checkpoint(-1)
+            model_done = getattr(hooks, "model_done", None)  # the trial loop checkpoints after each class
+            if model_done is not None:
+                model_done()
 
     def sample(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         out = torch.empty((len(labels), *self.image_shape), device=self.device)
@@ -140,73 +156,77 @@ class PerClassMethod(GenerativeMethod):
 
 
 class _ClassHooks:
+    """What one per-class model sees: the trial's hooks, with its class named in every record's ``info``."""
+
     def __init__(self, hooks: FitHooks, label: int) -> None:
         self.hooks, self.label = hooks, label
 
-    def log(self, step: int, losses: dict[str, float], info: dict[str, Any] | None = None) -> None:
-        self.hooks.log(step, losses, {**(info or {}), "class": self.label})
-
-    def checkpoint(self, step: int) -> None:
-        self.hooks.checkpoint(step)
+    def step_end(self, step: int, losses: Losses, info: dict[str, Any] | None = None) -> None:
+        self.hooks.step_end(step, losses, {**(info or {}), "class": self.label})
 
 
-class TrialHooks:
-    """Records losses, stops a diverging trial, writes checkpoints through ``save_checkpoint`` and runs intermediate
-    evaluations (``evaluate(steps done) -> values`` every ``evaluate_every`` steps before ``evaluate_before``,
-    recorded, then passed to ``on_evaluation``).
+class TrialLoop:
+    """The method's :class:`~harness.api.FitHooks` in a trial, and the one place that decides, per generator step:
 
-    A checkpoint offer (``checkpoint(step)``) saves when ``checkpoint_every`` divides the steps done, or always when
-    ``checkpoint_every`` is None (the method's own offers are the schedule) or ``step`` is negative (the per-class
-    adapter's offer after each class).
+    * **log**: every ``budget.log_every`` steps and the last step of each fitted model — losses read as floats (one
+      host synchronisation), recorded, passed to ``on_log``;
+    * **divergence**: a non-finite logged loss raises :class:`~harness.api.TrialDiverged`;
+    * ``on_step_end`` for every callback (an :class:`IntermediateEvaluation` evaluates here);
+    * **checkpoint**: every ``budget.checkpoint_every`` steps, and after each per-class model (``model_done``), the
+      state ``{"model", "losses", "evaluations"}`` goes to ``on_checkpoint`` — built only if a callback keeps it.
     """
 
-    def __init__(
-        self,
-        model: GenerativeMethod,
-        save_checkpoint: Callable[[dict[str, Any]], None] | None = None,
-        on_log: Callable[[int, dict[str, float], dict[str, Any] | None], None] | None = None,
-        *,
-        checkpoint_every: int | None = None,
-        evaluate: Callable[[int], dict[str, float]] | None = None,
-        evaluate_every: int = 0,
-        evaluate_before: int | None = None,
-        on_evaluation: Callable[[int, dict[str, float]], None] | None = None,
-    ) -> None:
-        self.model = model
-        self.save_checkpoint = save_checkpoint
-        self.on_log = on_log
-        self.checkpoint_every = checkpoint_every
-        self.evaluate = evaluate
-        self.evaluate_every = evaluate_every
-        self.evaluate_before = evaluate_before
-        self.on_evaluation = on_evaluation
+    def __init__(self, model: GenerativeMethod, budget: Budget, trial: TrialInfo,
+                 callbacks: Sequence[TrialCallback], evaluator: Callable[[tuple[str, ...]], dict[str, float]]
+                 ) -> None:
+        self.model, self.budget, self.trial, self.callbacks = model, budget, trial, tuple(callbacks)
+        self._evaluator = evaluator
+        self._checkpoints = wants(self.callbacks, "on_checkpoint")
         self.records: list[dict[str, Any]] = []
         self.evaluations: list[dict[str, float]] = []
         self.evaluation_s = 0.0  # time spent in intermediate evaluations: not fitting
+        self.steps_done = 0
+        trial.evaluate = self.evaluate
 
-    def log(self, step: int, losses: dict[str, float], info: dict[str, Any] | None = None) -> None:
-        losses = {k: float(v) for k, v in losses.items()}
-        bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
-        if bad:
-            raise TrialDiverged(f"non-finite loss at step {step}: {bad}")
-        self.records.append({"step": step, **(info or {}), **losses})
-        if self.on_log is not None:
-            self.on_log(step, losses, info)
+    def step_end(self, step: int, losses: Losses, info: dict[str, Any] | None = None) -> None:
+        budget = self.budget
+        self.steps_done = step + 1
+        if step % budget.log_every == 0 or step == budget.steps - 1:
+            values = loss_values(losses)
+            bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+            if bad:
+                raise TrialDiverged(f"{self.trial.spec.method}: non-finite loss at step {step}: {bad}")
+            info = dict(info or {})
+            self.records.append({"step": step, **info, **values})
+            call_all(self.callbacks, "on_log", self.trial, step, values, info)
+        call_all(self.callbacks, "on_step_end", self.trial, step)
+        if budget.checkpoint_every and self.steps_done % budget.checkpoint_every == 0:
+            self.checkpoint()
 
-    def checkpoint(self, step: int) -> None:
-        done = step + 1
-        if (self.evaluate is not None and step >= 0 and done % self.evaluate_every == 0
-                and (self.evaluate_before is None or done < self.evaluate_before)):
-            started = time.perf_counter()
-            values = self.evaluate(done)
-            self.evaluation_s += time.perf_counter() - started
-            self.evaluations.append({"step": done, **values})
-            if self.on_evaluation is not None:  # before saving: a scheduler that stops the trial here makes it moot
-                self.on_evaluation(done, values)
-        due = self.checkpoint_every is None or step < 0 or (self.checkpoint_every and done % self.checkpoint_every == 0)
-        if self.save_checkpoint is not None and due:
-            self.save_checkpoint({"model": self.model.state_dict(), "losses": self.records,
-                                  "evaluations": self.evaluations})
+    def model_done(self) -> None:
+        """One per-class model finished its budget: checkpoint, so a resumed trial skips it."""
+        self.checkpoint()
+
+    def checkpoint(self) -> None:
+        if self._checkpoints:
+            call_all(self.callbacks, "on_checkpoint", self.trial, self.state())
+
+    def state(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "losses": self.records, "evaluations": self.evaluations}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.records = list(state.get("losses", []))
+        self.evaluations = list(state.get("evaluations", []))
+
+    def evaluate(self, metrics: tuple[str, ...]) -> dict[str, float]:
+        """Intermediate values of ``metrics`` now, recorded and passed to every callback's ``on_evaluation``."""
+        started = time.perf_counter()
+        values = self._evaluator(metrics)
+        self.evaluation_s += time.perf_counter() - started
+        self.evaluations.append({"step": self.steps_done, **values})
+        call_all(self.callbacks, "on_evaluation", self.trial, self.steps_done, values)
+        return values
 
 
 def build_method(spec: TrialSpec, image_shape: tuple[int, int, int], num_classes: int, device: torch.device):
@@ -241,29 +261,22 @@ def run_trial(
     *,
     dataset: Dataset | None = None,
     device: str = "auto",
-    num_threads: int | None = None,
     restore: dict[str, Any] | None = None,
-    save_checkpoint: Callable[[dict[str, Any]], None] | None = None,
-    on_log: Callable[..., None] | None = None,
-    tracking: TrackingContext | None = None,
+    callbacks: Sequence[TrialCallback] = (),
     provenance: dict[str, Any] | None = None,
-    intermediate: IntermediateEvaluation | None = None,
 ) -> TrialResult:
     """Fit, sample, evaluate and record one trial under ``run_dir/trials/<name>-<id>/``.
 
-    ``restore`` is a checkpoint previously passed to ``save_checkpoint`` (resume). Without ``save_checkpoint`` a
-    trial checkpoints to ``checkpoint.pt`` in its directory (when the budget asks for checkpoints) and resumes from it.
-    A failure writes a ``failed`` result with the reason and re-raises, so the executor decides what happens next.
-    ``provenance`` adds facts the executor knows (e.g. the Ray node). With ``tracking``, the trial logs into its MLflow
-    child run (found again on resume); tracking problems are
-    warnings, never a lost result. ``intermediate`` evaluates metrics during ``fit`` (see
-    :class:`IntermediateEvaluation`); a :class:`TrialStopped` raised by its report ends the trial as ``stopped``.
+    ``restore`` is a state a callback received in ``on_checkpoint`` (resume). ``callbacks`` are called in order (see
+    :mod:`harness.callbacks`); ``provenance`` adds facts the executor knows (e.g. the Ray node). Torch uses as many
+    threads as the trial was given CPUs. A failure writes a ``failed`` result with the reason and re-raises, so the
+    executor decides what happens next; a :class:`TrialStopped` from a callback ends the trial as ``stopped``.
     """
     started = time.perf_counter()
     started_at = time.time()
     trial_dir = trial_dir_for(Path(run_dir), spec)
     trial_dir.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(num_threads or max(1, int(spec.resources.cpu)))
+    torch.set_num_threads(max(1, int(spec.resources.cpu)))
     torch_device = resolve_device(device, spec.resources.gpu)
     result = TrialResult(trial_id=spec.trial_id, name=spec.name, status="running", spec=spec.model_dump(mode="json"))
     result.provenance = {
@@ -273,8 +286,8 @@ def run_trial(
         **host_facts(torch_device),
         **(provenance or {}),
     }
-    hooks: TrialHooks | None = None
-    tracker = _SafeTracker(tracking, spec)
+    trial = TrialInfo(spec, trial_dir, result.provenance)
+    loop: TrialLoop | None = None
     try:
         dataset = dataset or load_dataset(spec.dataset)
         split = make_split(
@@ -285,45 +298,29 @@ def run_trial(
 
         model = build_method(spec, split.task.image_shape, dataset.info.num_classes, torch_device)
         result.provenance["method_config"] = model.config.model_dump(mode="json")
-        tracker.call("set_config", result.provenance["method_config"], result.provenance)
-        if save_checkpoint is None and spec.budget.checkpoint_every:
-            save_checkpoint = _file_checkpointer(trial_dir / CHECKPOINT_FILE)
-            if restore is None and (trial_dir / CHECKPOINT_FILE).exists():
-                restore = torch.load(trial_dir / CHECKPOINT_FILE, map_location=torch_device, weights_only=False)
-        fit_budget, evaluation_hooks = spec.budget, {}
-        if intermediate is not None:
-            fit_budget = intermediate.fit_budget(spec.budget)
-            evaluation_hooks = {
-                "checkpoint_every": spec.budget.checkpoint_every, "evaluate_every": intermediate.every,
-                "evaluate_before": spec.budget.steps,
-                "evaluate": _intermediate_evaluator(intermediate.metrics, spec, dataset, split, model, torch_device),
-                "on_evaluation": _chain_evaluation(intermediate.report, tracker),
-            }
-        hooks = TrialHooks(model, save_checkpoint, _chain_log(on_log, tracker), **evaluation_hooks)
+        loop = TrialLoop(model, spec.budget, trial, callbacks,
+                         _intermediate_evaluator(spec, dataset, split, model, torch_device))
         if restore is not None:
-            model.load_state_dict(restore["model"])
-            hooks.records = list(restore.get("losses", []))
-            hooks.evaluations = list(restore.get("evaluations", []))
+            loop.restore(restore)
             result.provenance["resumed"] = True
+        call_all(callbacks, "on_start", trial)
 
         seed_everything(derive_seed(spec.seed, "fit"))
         t0 = time.perf_counter()
         try:
-            model.fit(split.task.to(torch_device), fit_budget, hooks)
+            model.fit(split.task.to(torch_device), spec.budget, loop)
         except TrialStopped as exc:
             result.status, result.error = "stopped", str(exc)
             return result  # the finally block records it
         finally:
-            result.wall_times["fit_s"] = time.perf_counter() - t0 - hooks.evaluation_s
-            if intermediate is not None:
-                result.wall_times["intermediate_evaluate_s"] = hooks.evaluation_s
+            result.wall_times["fit_s"] = time.perf_counter() - t0 - loop.evaluation_s
+            if loop.evaluations or loop.evaluation_s:
+                result.wall_times["intermediate_evaluate_s"] = loop.evaluation_s
 
         t0 = time.perf_counter()
         samples = generate(model, spec.novel_classes, spec.evaluation.samples_per_class, spec.seed)
         result.wall_times["sample_s"] = time.perf_counter() - t0
         result.artifacts.update(_save_artifacts(spec, split, samples, trial_dir))
-        if "samples" in result.artifacts:
-            tracker.call("log_samples", trial_dir / result.artifacts["samples"], spec.budget.steps)
 
         if spec.evaluation.metrics:
             from harness.metrics import evaluate
@@ -340,79 +337,35 @@ def run_trial(
         result.provenance["traceback"] = traceback.format_exc(limit=20)
         raise
     finally:
-        if hooks is not None:
-            result.losses = hooks.records
-            result.final_losses = _final_losses(hooks.records)
-            result.evaluations = hooks.evaluations
+        if loop is not None:
+            result.losses = loop.records
+            result.final_losses = _final_losses(loop.records)
+            result.evaluations = loop.evaluations
         result.wall_times["total_s"] = time.perf_counter() - started
         result.wall_times["started_at"] = started_at  # unix time: shows which trials ran concurrently
         result.wall_times["finished_at"] = time.time()
         result.write(trial_dir)
-        tracker.call("finish", result, trial_dir)
+        call_all(callbacks, "on_finish", trial, result)
     return result
 
 
-def _intermediate_evaluator(metrics: tuple[str, ...], spec: TrialSpec, dataset: Dataset, split: FewShotSplit,
-                            model: GenerativeMethod, device: torch.device) -> Callable[[int], dict[str, float]]:
-    """The final evaluation's samples (same count, same noise) and metrics, restricted to ``metrics``; their pooled
-    values only (no per-class breakdown, no real-data references: those do not change during training)."""
-    from harness.metrics import evaluate
+def _intermediate_evaluator(spec: TrialSpec, dataset: Dataset, split: FewShotSplit, model: GenerativeMethod,
+                            device: torch.device) -> Callable[[tuple[str, ...]], dict[str, float]]:
+    """The final evaluation's samples (same count, same noise) and the named metrics; their pooled values only (no
+    per-class breakdown, no real-data references: those do not change during training)."""
 
-    evaluation = spec.evaluation.model_copy(update={"metrics": list(metrics)})
-    evaluation_spec = spec.model_copy(update={"evaluation": evaluation})
+    def evaluate_now(metrics: tuple[str, ...]) -> dict[str, float]:
+        from harness.metrics import evaluate
 
-    def evaluate_now(done: int) -> dict[str, float]:
+        evaluation = spec.evaluation.model_copy(update={"metrics": list(metrics)})
         with isolated_rng(device):
             samples = generate(model, spec.novel_classes, spec.evaluation.samples_per_class, spec.seed)
-            values = evaluate(evaluation_spec, dataset, split, samples, device=device).metrics
+            values = evaluate(spec.model_copy(update={"evaluation": evaluation}), dataset, split, samples,
+                              device=device).metrics
         return {k: float(v["value"]) for k, v in values.items()
                 if v.get("value") is not None and "/" not in k and not v.get("reference")}
 
     return evaluate_now
-
-
-def _chain_evaluation(report, tracker: _SafeTracker) -> Callable[[int, dict[str, float]], None]:
-    def on_evaluation(done: int, values: dict[str, float]) -> None:
-        tracker.call("log_evaluation", done, values)
-        if report is not None:
-            report(done, values)
-
-    return on_evaluation
-
-
-class _SafeTracker:
-    """Forwards to :class:`harness.tracking.TrialTracker`; a tracking failure is a warning, never a lost trial."""
-
-    def __init__(self, context: TrackingContext | None, spec: TrialSpec) -> None:
-        self.tracker = None
-        if context is not None:
-            try:
-                from harness.tracking import TrialTracker
-
-                self.tracker = TrialTracker(context, spec)
-            except Exception as exc:  # noqa: BLE001
-                warnings.warn(f"MLflow tracking unavailable: {exc}", RuntimeWarning, stacklevel=2)
-            self.call("start")
-
-    def call(self, method: str, *args: Any) -> None:
-        if self.tracker is None:
-            return
-        try:
-            getattr(self.tracker, method)(*args)
-        except Exception as exc:  # noqa: BLE001 - the local result.json is the record that must survive
-            warnings.warn(f"MLflow tracking failed in {method}: {exc}", RuntimeWarning, stacklevel=2)
-
-
-def _chain_log(on_log, tracker: _SafeTracker):
-    if tracker.tracker is None:
-        return on_log
-
-    def log(step: int, losses: dict[str, float], info: dict[str, Any] | None = None) -> None:
-        tracker.call("log_losses", step, losses, info)
-        if on_log is not None:
-            on_log(step, losses, info)
-
-    return log
 
 
 def _data_provenance(dataset: Dataset, split: FewShotSplit) -> dict[str, Any]:
@@ -447,12 +400,3 @@ def _final_losses(records: list[dict[str, Any]]) -> dict[str, float]:
         last[record.get("class")] = record
     keys = {k for r in last.values() for k, v in r.items() if k not in ("step", "class") and isinstance(v, float)}
     return {k: sum(r[k] for r in last.values() if k in r) / len(last) for k in sorted(keys)}
-
-
-def _file_checkpointer(path: Path) -> Callable[[dict[str, Any]], None]:
-    def save(state: dict[str, Any]) -> None:
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(path)
-
-    return save

@@ -1,11 +1,23 @@
 """Executors decide *where* trials run; every one of them calls :func:`harness.trial.run_trial`.
 
-``ray`` (the default) is imported lazily: in-process runs and validation do not pay for importing Ray.
+Registered by name like methods and metrics (``harness run --executor NAME``); imported lazily, so in-process runs
+and validation do not pay for importing Ray.
 """
 
-from harness.executors.inprocess import run_inprocess
+from __future__ import annotations
 
-EXECUTORS = ("ray", "inprocess")
+from harness.executors.base import Executor
+from harness.registry import Registry
+
+EXECUTORS: Registry[type[Executor]] = Registry("executor", base=Executor)
+EXECUTORS.register("ray", "harness.executors.ray_tune:RayExecutor")
+EXECUTORS.register("inprocess", "harness.executors.inprocess:InProcessExecutor")
+
+
+def run_inprocess(*args, **kwargs):
+    from harness.executors.inprocess import run_inprocess as _run_inprocess
+
+    return _run_inprocess(*args, **kwargs)
 
 
 def run_ray(*args, **kwargs):
@@ -14,4 +26,4 @@ def run_ray(*args, **kwargs):
     return _run_ray(*args, **kwargs)
 
 
-__all__ = ["EXECUTORS", "run_inprocess", "run_ray"]
+__all__ = ["EXECUTORS", "Executor", "run_inprocess", "run_ray"]

@@ -20,22 +20,30 @@ Tune classes come from ``ray.tune`` only (Ray 2.60: ``ray.train.RunConfig`` brea
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ray.tune import Callback
+
 from harness.api import TrialDiverged
+from harness.callbacks import TrialCallback, TrialInfo, TrialStopped, call_all
 from harness.data import Dataset
+from harness.executors.base import Executor
 from harness.executors.common import dataset_key, prepare
+from harness.results import RESULT_FILE, TrialResult, trial_dir_for
 from harness.suite import TrialSpec
-from harness.trial import RESULT_FILE, IntermediateEvaluation, TrialResult, TrialStopped, run_trial, trial_dir_for
+from harness.trial import IntermediateEvaluation, run_trial
 
 if TYPE_CHECKING:
+    from harness.console import RunProgress
     from harness.storage import RunStorage
     from harness.tracking import TrackingContext
 
@@ -43,6 +51,7 @@ log = logging.getLogger(__name__)
 
 EXPERIMENT = "tune"
 STATE_FILE = "state.pt"
+EVENTS_KEY = "harness_events"  # a trial's hook calls (JSON), for the driver's tracking and progress
 
 
 def _flat_metrics(result: TrialResult) -> dict[str, float]:
@@ -59,8 +68,6 @@ def _spec_of(config: dict[str, Any]) -> TrialSpec:
 def _previous_result(trial_dir: Path, storage: RunStorage | None) -> TrialResult | None:
     """The result a finished earlier invocation left (in shared storage if given: this node may never have seen it)."""
     if storage is not None:
-        import json
-
         text = storage.read_text(f"trials/{trial_dir.name}/{RESULT_FILE}")
         return TrialResult(**json.loads(text)) if text else None
     path = trial_dir / RESULT_FILE
@@ -78,10 +85,57 @@ def _report(metrics: dict[str, Any], checkpoint=None) -> None:
         raise TrialStopped(f"stopped by the Tune scheduler after step {metrics.get('step')}") from None
 
 
+class TuneReporter(TrialCallback):
+    """The worker's side of a Tune trial: reports to Tune what the driver needs.
+
+    * checkpoints (``on_checkpoint``), so a retried trial resumes from its last state;
+    * intermediate evaluations at ``step`` (the scheduler's time attribute), so ASHA can stop the trial;
+    * the trial's own hook calls (``on_start``, ``on_log``, ``on_evaluation``) as JSON events under
+      :data:`EVENTS_KEY`, replayed by the driver's :class:`DriverCallback` onto tracking and progress. Loss records are
+      sent with the next report, or at least every ``flush_seconds``: a report is a round trip to the driver.
+    """
+
+    def __init__(self, spec: TrialSpec, node_id: str, flush_seconds: float = 15.0) -> None:
+        self.fields = {"harness_trial": spec.trial_id, "node_id": node_id}
+        self.flush_seconds = flush_seconds
+        self.events: list[dict[str, Any]] = []
+        self._last_report = time.monotonic()
+
+    def take_events(self) -> str:
+        events, self.events = self.events, []
+        self._last_report = time.monotonic()
+        return json.dumps(events, default=str)
+
+    def report(self, step: int, values: dict[str, float] | None = None, checkpoint=None) -> None:
+        _report({"status": "running", **self.fields, "step": step, **(values or {}), EVENTS_KEY: self.take_events()},
+                checkpoint=checkpoint)
+
+    def on_start(self, trial: TrialInfo) -> None:
+        self.events.append({"hook": "on_start", "provenance": trial.provenance})
+        self.report(0)
+
+    def on_log(self, trial: TrialInfo, step: int, losses: dict[str, float], info: dict[str, Any]) -> None:
+        self.events.append({"hook": "on_log", "step": step, "losses": losses, "info": info})
+        if time.monotonic() - self._last_report > self.flush_seconds:
+            self.report(step)
+
+    def on_evaluation(self, trial: TrialInfo, steps_done: int, values: dict[str, float]) -> None:
+        self.events.append({"hook": "on_evaluation", "step": steps_done, "values": values})
+        self.report(steps_done, values)
+
+    def on_checkpoint(self, trial: TrialInfo, state: dict[str, Any]) -> None:
+        from ray import tune
+
+        with tempfile.TemporaryDirectory() as directory:
+            torch.save(state, Path(directory) / STATE_FILE)
+            step = state["losses"][-1]["step"] if state.get("losses") else -1
+            self.report(step, checkpoint=tune.Checkpoint.from_directory(directory))
+
+
 def tune_trainable(config: dict[str, Any], datasets: dict[str, Dataset], run_dir: str, device: str,
-                   tracking: TrackingContext | None = None, storage: RunStorage | None = None,
-                   evaluate_metrics: tuple[str, ...] = (), evaluate_every: int = 0) -> None:
-    """The Tune function trainable: one TrialSpec → ``run_trial`` with Tune checkpoints (and, with
+                   storage: RunStorage | None = None, evaluate_metrics: tuple[str, ...] = (),
+                   evaluate_every: int = 0) -> None:
+    """The Tune function trainable: one TrialSpec → ``run_trial`` with a :class:`TuneReporter` (and, with
     ``evaluate_every``, intermediate evaluations of ``evaluate_metrics`` reported to Tune's scheduler)."""
     import ray
     from ray import tune
@@ -103,23 +157,13 @@ def tune_trainable(config: dict[str, Any], datasets: dict[str, Dataset], run_dir
         with checkpoint.as_directory() as directory:
             restore = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
 
-    def save_checkpoint(state: dict[str, Any]) -> None:
-        with tempfile.TemporaryDirectory() as directory:
-            torch.save(state, Path(directory) / STATE_FILE)
-            step = state["losses"][-1]["step"] if state.get("losses") else -1
-            _report({"status": "running", "harness_trial": spec.trial_id, "step": step, "node_id": node_id},
-                    checkpoint=tune.Checkpoint.from_directory(directory))
-
-    def report_evaluation(done: int, values: dict[str, float]) -> None:
-        _report({"status": "running", "harness_trial": spec.trial_id, "step": done, "node_id": node_id, **values})
-
-    intermediate = None
+    reporter = TuneReporter(spec, node_id)
+    callbacks: list[TrialCallback] = [reporter]
     if evaluate_every:
-        intermediate = IntermediateEvaluation(tuple(evaluate_metrics), evaluate_every, report_evaluation)
+        callbacks.insert(0, IntermediateEvaluation(evaluate_metrics, evaluate_every))
     try:
-        result = run_trial(spec, run_dir, dataset=datasets[dataset_key(spec)], device=device,
-                           restore=restore, save_checkpoint=save_checkpoint, tracking=tracking,
-                           provenance=placement, intermediate=intermediate)
+        result = run_trial(spec, run_dir, dataset=datasets[dataset_key(spec)], device=device, restore=restore,
+                           callbacks=callbacks, provenance=placement)
         final = {"status": result.status, "harness_trial": spec.trial_id, "node_id": node_id,
                  "step": spec.budget.steps, **_flat_metrics(result)}
     except TrialDiverged as exc:  # retrying a diverged trial from its last checkpoint would diverge again
@@ -128,7 +172,97 @@ def tune_trainable(config: dict[str, Any], datasets: dict[str, Dataset], run_dir
         storage.upload(trial_dir, f"trials/{trial_dir.name}")
     if final["status"] == "stopped":  # its session takes no more reports: end the thread the way Tune's stop does
         raise SystemExit(0)
-    tune.report(final)
+    tune.report({**final, EVENTS_KEY: reporter.take_events()})
+
+
+class DriverCallback(Callback):
+    """The driver's side of every Tune trial: replays the events a trial's :class:`TuneReporter` sent onto the
+    trial's :class:`~harness.tracking.TrackingCallback` (MLflow is written here, never by workers) and the progress
+    display, and finishes both from the trial's ``result.json`` when it ends (fetched from shared storage first, when
+    trials ran on other nodes). A trial Tune stopped (ASHA) writes its result after Tune reports it complete: it is
+    finished by :meth:`finish_pending` once Tune returns."""
+
+    def __init__(self, run_dir: Path, *, tracking: TrackingContext | None, progress: RunProgress | None,
+                 storage: RunStorage | None) -> None:
+        self.run_dir, self.tracking, self.progress, self.storage = Path(run_dir), tracking, progress, storage
+        self._trials: dict[str, tuple[TrialInfo, list[TrialCallback]]] = {}
+        self._pending: dict[str, tuple[Any, str]] = {}  # Tune trial id -> (trial, why it ended without a result yet)
+
+    def _trial(self, trial) -> tuple[TrialInfo, list[TrialCallback]]:
+        if trial.trial_id not in self._trials:
+            spec = _spec_of(trial.config)
+            callbacks: list[TrialCallback] = []
+            if self.tracking is not None:
+                from harness.tracking import TrackingCallback
+
+                callbacks.append(TrackingCallback(self.tracking))
+            self._trials[trial.trial_id] = (TrialInfo(spec, trial_dir_for(self.run_dir, spec)), callbacks)
+        return self._trials[trial.trial_id]
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        events = result.get(EVENTS_KEY)
+        if not events:
+            return
+        state, callbacks = self._trial(trial)
+        for event in json.loads(events):
+            hook = event["hook"]
+            if hook == "on_start":
+                state.provenance = event["provenance"]
+                if self.progress is not None:
+                    self.progress.started(state.spec.name)
+                call_all(callbacks, "on_start", state)
+            elif hook == "on_log":
+                call_all(callbacks, "on_log", state, event["step"], event["losses"], event["info"])
+            elif hook == "on_evaluation":
+                call_all(callbacks, "on_evaluation", state, event["step"], event["values"])
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        if (trial.last_result or {}).get("reused"):  # kept from an earlier invocation: tracked then
+            return
+        self._finish(trial, "ended without a result")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._finish(trial, str(getattr(trial, "error_message", None) or "errored"))
+
+    def _finish(self, trial, why: str) -> None:
+        state, callbacks = self._trial(trial)
+        if self.storage is not None:
+            self.storage.download(f"trials/{state.trial_dir.name}", state.trial_dir)
+        path = state.trial_dir / RESULT_FILE
+        result = TrialResult.load(path) if path.exists() else None
+        if result is None or result.status == "running":
+            self._pending[trial.trial_id] = (trial, why)
+            return
+        self._pending.pop(trial.trial_id, None)
+        call_all(callbacks, "on_finish", state, result)
+        if self.progress is not None:
+            self.progress.finished(result)
+
+    def __reduce__(self):
+        # Tune pickles its callbacks into the experiment state (tuner.pkl); what a restored experiment must call is
+        # this invocation's callback (its console, its store), not a copy of the one that started the run
+        return _active_driver_callback, ()
+
+    def finish_pending(self, wait_s: float = 30.0) -> None:
+        """After Tune returned: trials whose result arrived after Tune reported them ended (a stopped trial writes
+        it as its worker unwinds: waited for up to ``wait_s``), or never."""
+        deadline = time.monotonic() + wait_s
+        while self._pending and time.monotonic() < deadline:
+            for trial, why in list(self._pending.values()):
+                self._finish(trial, why)
+            if self._pending:
+                time.sleep(0.5)
+        for trial, why in list(self._pending.values()):
+            del self._pending[trial.trial_id]
+            if self.progress is not None:
+                self.progress.lost(self._trial(trial)[0].spec.name, why)
+
+
+_ACTIVE_DRIVER: list[Callback] = []
+
+
+def _active_driver_callback() -> Callback:
+    return _ACTIVE_DRIVER[-1] if _ACTIVE_DRIVER else Callback()
 
 
 def _trial_name(trial) -> str:
@@ -195,9 +329,11 @@ def _fit(
     tune_config: dict[str, Any],
     storage: RunStorage | None = None,
     intermediate: tuple[tuple[str, ...], int] | None = None,
+    progress: RunProgress | None = None,
 ):
     """Build (or restore) and run one Tune experiment under ``run_dir/ray/<experiment_name>`` (or in ``storage``);
-    ``intermediate`` = (metrics, every steps) evaluated during training, for a scheduler."""
+    ``intermediate`` = (metrics, every steps) evaluated during training, for a scheduler. ``verbose`` is Tune's own
+    console output (0: none; our ``progress`` shows the trials)."""
     from ray import tune
 
     resources = specs[0].resources
@@ -207,11 +343,13 @@ def _fit(
     try:
         trainable = tune.with_resources(
             tune.with_parameters(tune_trainable, datasets=prepare(specs, device), run_dir=str(run_dir),
-                                 device=device, tracking=tracking, storage=storage,
+                                 device=device, storage=storage,
                                  evaluate_metrics=intermediate[0] if intermediate else (),
                                  evaluate_every=intermediate[1] if intermediate else 0),
             {"cpu": resources.cpu, "gpu": resources.gpu},
         )
+        driver = DriverCallback(run_dir, tracking=tracking, progress=progress, storage=storage)
+        _ACTIVE_DRIVER.append(driver)
         storage_path = storage.tune_path() if storage is not None else str(run_dir / "ray")
         experiment = f"{storage_path}/{experiment_name}"
         if tune.Tuner.can_restore(experiment):
@@ -237,6 +375,7 @@ def _fit(
                     storage_path=storage_path,
                     failure_config=tune.FailureConfig(max_failures=max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                    callbacks=[driver],
                     verbose=verbose,
                 ),
             )
@@ -246,8 +385,11 @@ def _fit(
                 log.error("trial %s errored: %s", _spec_of(result.config).name, result.error)
         if storage is not None:  # the trials' outputs, from whichever nodes ran them
             storage.download("trials", run_dir / "trials")
+        driver.finish_pending()
         return grid
     finally:
+        if _ACTIVE_DRIVER:
+            _ACTIVE_DRIVER.pop()
         if started:
             import ray
 
@@ -268,9 +410,10 @@ def run_ray(
     max_failures: int = 1,
     max_concurrent: int | None = None,
     num_cpus: int | None = None,
-    verbose: int = 1,
+    verbose: int = 0,
     tracking: TrackingContext | None = None,
     storage: RunStorage | None = None,
+    progress: RunProgress | None = None,
 ) -> list[TrialResult]:
     """Run ``specs`` as Tune trials; returns the results read back from the run directory (fetched from
     ``storage`` first when trials ran on other nodes)."""
@@ -281,5 +424,30 @@ def run_ray(
     run_dir = Path(run_dir).resolve()
     _fit(specs, run_dir, EXPERIMENT, {"spec": tune.grid_search([s.model_dump(mode="json") for s in specs])},
          address=address, num_cpus=num_cpus, device=device, max_failures=max_failures, verbose=verbose,
-         tracking=tracking, tune_config={"max_concurrent_trials": max_concurrent}, storage=storage)
+         tracking=tracking, tune_config={"max_concurrent_trials": max_concurrent}, storage=storage, progress=progress)
     return _read_results(run_dir, specs)
+
+
+class RayExecutor(Executor):
+    """Ray Tune: a local Ray by default (the embedded default), ``address`` to join a running cluster; shared
+    ``storage`` when trials run on other machines."""
+
+    name = "ray"
+    description = "Ray Tune: a local Ray, or a cluster with --address / --cluster"
+    supports_storage = True
+
+    def connect(self) -> str | None:
+        self.connection = init_ray(self.address)
+        return (f"Ray: {self.address or 'local'} ({self.connection.address}); dashboard: "
+                f"{self.connection.dashboard_url or 'not installed (pip install ray[default])'}")
+
+    def close(self) -> None:
+        connection = getattr(self, "connection", None)
+        if connection is not None and connection.started:
+            import ray
+
+            ray.shutdown()
+
+    def run(self, specs, run_dir, *, device, tracking, progress):
+        return run_ray(specs, run_dir, device=device, max_failures=self.max_failures, verbose=2 if self.verbose else 0,
+                       tracking=tracking, storage=self.storage, progress=progress)

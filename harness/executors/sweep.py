@@ -32,6 +32,7 @@ from harness.executors.ray_tune import _fit, _spec_of
 from harness.suite import ParamSpace, Suite, trial_spec
 
 if TYPE_CHECKING:
+    from harness.console import RunProgress
     from harness.storage import RunStorage
     from harness.tracking import TrackingContext
 
@@ -179,10 +180,11 @@ def run_sweep(
     address: str | None = None,
     device: str = "auto",
     num_cpus: int | None = None,
-    verbose: int = 1,
+    verbose: int = 0,
     tracking: TrackingContext | None = None,
     seed: int = 0,
     storage: RunStorage | None = None,
+    progress: RunProgress | None = None,
 ) -> SweepOutcome:
     import optuna
     from ray.tune.search import ConcurrencyLimiter
@@ -226,6 +228,7 @@ def run_sweep(
             [base], run_dir, SWEEP_EXPERIMENT, {"spec": base.model_dump(mode="json")},
             address=address, num_cpus=num_cpus, device=device, max_failures=suite.resources.max_failures,
             verbose=verbose, tracking=tracking, tune_config=tune_config, storage=storage, intermediate=intermediate,
+            progress=progress,
         )
     finally:
         _INVOCATION.study_url, _INVOCATION.storage, _INVOCATION.sweep_dir = None, None, None

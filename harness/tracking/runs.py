@@ -1,4 +1,4 @@
-"""MLflow tracking: one experiment per suite, one parent run per run directory, one child run per trial.
+"""MLflow runs: one experiment per suite, one parent run per run directory, one child run per trial.
 
 Layout (see DESIGN.md, "Tracking and provenance")::
 
@@ -10,11 +10,11 @@ Layout (see DESIGN.md, "Tracking and provenance")::
                                                   flat params with the same keys in every trial of the suite;
                                                   losses per step, final metrics (+ ``<key>_std``), final losses
                                                   (``final/<key>``), wall times (``time/<key>``), the sample grid
-                                                  as a stepped image (key ``samples``) and artifacts result.json,
-                                                  samples.png, shots.png
+                                                  as a stepped image (key ``samples``) and artifacts result.json
+                                                  (what reports read back), samples.png, shots.png
 
-Store: ``sqlite:///<run dir>/mlflow.db`` with artifacts in ``<run dir>/mlartifacts`` by default (never the working
-directory); an ``http(s)://`` tracking server for clusters (trials on other nodes cannot write the driver's file).
+Only the driver writes: trials report to it (in-process directly, under Ray through Tune's results), so workers need
+no MLflow access and a sqlite store in the run directory serves clusters too.
 
 Resume: a run directory keeps its parent run. ``start_run_tracking`` records the parent in ``<run dir>/tracking.json``
 (per tracking URI); a later invocation with the same ``--run-dir`` and store reopens that parent (status RUNNING,
@@ -23,44 +23,38 @@ trial has exactly one child run under it: ``TrialTracker.start`` finds the child
 the parent (a resumed or retried trial logs into it) and creates it only when there is none.
 
 Tracking never costs a trial its result: every ``TrialTracker`` method logs a warning on error and disables itself
-for the rest of the trial; ``result.json`` is always written locally by ``run_trial``.
+for the rest of the trial; ``result.json`` is always written by ``run_trial``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
-import math
-import os
-import re
 import shlex
-import signal
 import socket
-import subprocess
 import sys
-import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.runtime import git_commit, package_versions
+from harness.tracking.params import (
+    NOT_APPLICABLE, SPLIT_PARAMS, _param_value, flatten, mlflow_key, spec_params, suite_param_keys,
+)
+from harness.tracking.uri import ARTIFACTS_DIR, DB_FILE, artifact_location, check_tracking_server, client_for
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-    from harness.suite import Suite, TrialSpec
     from harness.results import TrialResult
+    from harness.suite import Suite, TrialSpec
 
 log = logging.getLogger(__name__)
 
-DB_FILE = "mlflow.db"
-ARTIFACTS_DIR = "mlartifacts"
 TRACKING_FILE = "tracking.json"
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -69,239 +63,27 @@ TRIAL_ID_TAG = "harness.trial_id"
 KIND_TAG = "harness.kind"  # "suite" (parent) or "trial" (child)
 STATUS_TAG = "harness.status"  # a trial's status: running / ok / failed / stopped
 ERROR_TAG = "harness.error"
-META_TAG = "harness.meta"  # JSON: metric directions etc. (split over META_TAG.<i> when long), read by report.py
 SAMPLES_IMAGE_KEY = "samples"
-NOT_APPLICABLE = "n/a"  # value of a suite-wide param key a trial's method does not have
+# MLflow 3's UI opens an experiment by its kind: without it, on the GenAI "Traces" overview; with it, on the runs table
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
-_LOCAL_SCHEMES = ("sqlite", "file", "")
 _MAX_PARAMS = 100  # per log_batch call (MLflow's limit for params and tags)
 _MAX_METRICS = 1000
-_MAX_PARAM_LEN = 6000
 _MAX_TAG_LEN = 8000
-_META_CHUNK = 7000
 _FLUSH_EVERY = 500  # buffered loss values
 _FLUSH_SECONDS = 15.0
 
 
 @dataclass(frozen=True)
 class TrackingContext:
-    """Where a trial logs: picklable, so it crosses to Ray workers. ``param_keys`` are the flat param keys every
-    trial of the suite logs (the union over the suite's methods), so the MLflow compare view lines trials up."""
+    """The parent run trials are tracked under. ``param_keys`` are the flat param keys every trial of the suite
+    logs (the union over the suite's methods), so the MLflow compare view lines trials up."""
 
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
     param_keys: tuple[str, ...] = ()
-
-
-# ----------------------------------------------------------------------------------------------------------- URIs
-
-
-def default_tracking_uri(run_dir: Path) -> str:
-    """``sqlite:///<absolute run dir>/mlflow.db``."""
-    return f"sqlite:///{(Path(run_dir).expanduser().resolve() / DB_FILE).as_posix()}"
-
-
-def _scheme(uri: str) -> str:
-    scheme = urllib.parse.urlparse(uri).scheme.lower()
-    return "" if len(scheme) == 1 else scheme  # "C:/..." is a path
-
-
-def is_local_uri(uri: str) -> bool:
-    """A store only this machine can write: sqlite, file:// or a plain path."""
-    return _scheme(uri) in _LOCAL_SCHEMES
-
-
-def _absolute_local_uri(uri: str) -> str:
-    """Make relative sqlite/file/path URIs absolute: Ray trials run in other working directories."""
-    scheme = _scheme(uri)
-    if scheme == "sqlite":
-        path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
-        if not path or path.startswith("/") or path == ":memory:":
-            return uri
-        return f"sqlite:///{Path(path).expanduser().resolve().as_posix()}"
-    if scheme == "":
-        return Path(uri).expanduser().resolve().as_uri()
-    return uri
-
-
-def resolve_tracking_uri(flag: str | None, run_dir: Path, *, cluster: bool) -> str:
-    """``flag`` > ``$MLFLOW_TRACKING_URI`` > ``sqlite:///<run dir>/mlflow.db``.
-
-    With ``cluster=True`` (trials may run on other machines) a local store is refused with the reason.
-    """
-    uri = flag or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(run_dir)
-    uri = _absolute_local_uri(uri.strip())
-    if cluster and is_local_uri(uri):
-        where = "--tracking-uri" if flag else "$MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") \
-            else "the default store"
-        raise ValueError(
-            f"MLflow tracking URI {uri!r} ({where}) is a file on this machine: trials running on other nodes of the "
-            "cluster cannot write the driver's local file. Start a tracking server reachable from every node "
-            "(e.g. `mlflow server --backend-store-uri sqlite:///mlflow.db --host 0.0.0.0 --port 5000`) and pass "
-            "--tracking-uri http://<host>:5000 (or set MLFLOW_TRACKING_URI)."
-        )
-    return uri
-
-
-def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
-    """For ``http(s)://`` URIs: raise a ``ConnectionError`` naming the URI when no MLflow server answers.
-
-    MLflow's own client retries for minutes; this checks once, before any trial starts. Other URIs pass.
-    """
-    if _scheme(uri) not in ("http", "https"):
-        return
-    url = uri.rstrip("/") + "/health"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - http(s) checked above
-            body = response.read(200).decode(errors="replace").strip()
-    except urllib.error.HTTPError as exc:
-        raise ConnectionError(
-            f"the MLflow tracking server at {uri} answered {exc.code} {exc.reason} on /health; is it an MLflow "
-            "server (and the right URL)?") from None
-    except (urllib.error.URLError, OSError, socket.timeout) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise ConnectionError(
-            f"cannot reach the MLflow tracking server at {uri}: {reason}. Start it (`mlflow server "
-            "--backend-store-uri sqlite:///mlflow.db --host 0.0.0.0 --port 5000`), fix --tracking-uri / "
-            "MLFLOW_TRACKING_URI, or leave both unset to track into the run directory.") from None
-    if body and body.upper() != "OK":
-        raise ConnectionError(f"{uri} answered {body[:80]!r} on /health, not an MLflow tracking server")
-
-
-def client_for(uri: str) -> MlflowClient:
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=uri, registry_uri=uri if is_local_uri(uri) else None)
-
-
-def artifact_location(uri: str) -> str | None:
-    """Artifacts of a sqlite store go beside its database (``<run dir>/mlartifacts``), never into the working
-    directory (MLflow's default ``./mlruns``)."""
-    scheme = _scheme(uri)
-    if scheme == "sqlite" and uri.startswith("sqlite:////"):
-        return (Path(uri[len("sqlite:///"):]).parent / ARTIFACTS_DIR).as_uri()
-    return None  # a file store keeps artifacts inside itself; a server decides for itself
-
-
-# ------------------------------------------------------------------------------------------------- flat params
-
-
-def _param_value(value: Any) -> str:
-    if isinstance(value, str):
-        text = value
-    elif value is None or isinstance(value, (bool, int, float)):
-        text = str(value)
-    else:
-        text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-    return text if len(text) <= _MAX_PARAM_LEN else text[: _MAX_PARAM_LEN - 1] + "…"
-
-
-def flatten(prefix: str, value: Any) -> dict[str, str]:
-    """Nested dicts → ``prefix.key.sub`` string params; lists and scalars are leaves."""
-    if isinstance(value, dict):
-        if not value:
-            return {prefix: "{}"} if prefix else {}
-        out: dict[str, str] = {}
-        for key, sub in value.items():
-            out.update(flatten(f"{prefix}.{key}" if prefix else str(key), sub))
-        return out
-    return {prefix: _param_value(value)}
-
-
-def _resolved_config(method: str, params: dict[str, Any]) -> dict[str, Any]:
-    from harness.registry import METHODS
-
-    return METHODS.get(method).Config(**params).model_dump(mode="json")
-
-
-def spec_params(spec: TrialSpec) -> dict[str, str]:
-    """The params a trial logs before its data are loaded (all derived from the spec)."""
-    params = {
-        "suite": spec.suite,
-        "suite_version": str(spec.suite_version),
-        "trial_id": spec.trial_id,
-        "method": spec.method,
-        "label": spec.label,
-        "shots": str(spec.shots),
-        "seed": str(spec.seed),
-        "dataset": spec.dataset.name,
-        "source": spec.dataset.source,
-        "base_classes": _param_value(list(spec.base_classes)),
-        "novel_classes": _param_value(list(spec.novel_classes)),
-        "eval_images_per_class": _param_value(spec.eval_images_per_class),
-        "base_images_per_class": _param_value(spec.base_images_per_class),
-    }
-    params.update(flatten("dataset", spec.dataset.model_dump(mode="json", exclude={"name", "source"})))
-    params.update(flatten("budget", spec.budget.model_dump(mode="json")))
-    params.update(flatten("evaluation", spec.evaluation.model_dump(mode="json")))
-    params.update(flatten("resources", spec.resources.model_dump(mode="json")))
-    try:
-        params.update(flatten("hp", _resolved_config(spec.method, spec.params)))
-    except Exception:  # noqa: BLE001 - an unknown method fails the trial itself; set_config logs what it gets
-        pass
-    return params
-
-
-SPLIT_PARAMS = ("data_source", "split_hash", "dataset_fingerprint")
-
-
-def suite_param_keys(suite: Suite) -> tuple[str, ...]:
-    """Every param key any trial of ``suite`` logs: the union over its methods (and shots/seeds)."""
-    from harness.suite import trial_spec
-
-    keys: set[str] = set(SPLIT_PARAMS)
-    for entry in suite.methods:
-        spec = trial_spec(suite, entry, suite.protocol.shots[0], suite.protocol.seeds[0])
-        keys.update(spec_params(spec))
-        if suite.sweep is not None and suite.sweep.method == entry.display:
-            keys.update(f"hp.{k}" for k in suite.sweep.space)
-    return tuple(sorted(keys))
-
-
-# --------------------------------------------------------------------------------------------- metric names
-
-
-_BAD_CHARS = re.compile(r"[^A-Za-z0-9_\-. /]")
-
-
-def mlflow_key(key: str) -> str:
-    """A valid MLflow metric/param name for ``key`` (``fid/class_5`` stays as it is)."""
-    name = _BAD_CHARS.sub("_", str(key))
-    name = re.sub(r"/+", "/", name).strip("/ ")
-    parts = [p if p not in (".", "..") else p.replace(".", "_") for p in name.split("/")]
-    name = "/".join(parts) or "_"
-    return name[:250]
-
-
-def metric_meta(result: TrialResult) -> dict[str, Any]:
-    """What report.py needs beside the metric values to rebuild a trial from MLflow: per metric key
-    ``[higher_is_better, reference, registry metric, has_std]``, and the final-loss keys."""
-    metrics = {
-        key: [entry.get("higher_is_better"), bool(entry.get("reference", False)), entry.get("metric"),
-              entry.get("std") is not None]
-        for key, entry in result.metrics.items()
-        if isinstance(entry, dict) and entry.get("value") is not None
-    }
-    return {"metrics": metrics, "final_losses": sorted(result.final_losses),
-            "wall_times": sorted(k for k in result.wall_times if k.endswith("_s"))}
-
-
-def read_meta(tags: dict[str, str]) -> dict[str, Any]:
-    """The inverse of the chunked META_TAG tags."""
-    if META_TAG in tags:
-        return json.loads(tags[META_TAG])
-    chunks = sorted((int(k.rsplit(".", 1)[1]), v) for k, v in tags.items()
-                    if k.startswith(META_TAG + ".") and k.rsplit(".", 1)[1].isdigit())
-    return json.loads("".join(v for _, v in chunks)) if chunks else {}
-
-
-def _meta_tags(meta: dict[str, Any]) -> dict[str, str]:
-    text = json.dumps(meta, sort_keys=True, separators=(",", ":"))
-    if len(text) <= _META_CHUNK:
-        return {META_TAG: text}
-    return {f"{META_TAG}.{i}": text[i * _META_CHUNK:(i + 1) * _META_CHUNK]
-            for i in range(math.ceil(len(text) / _META_CHUNK))}
 
 
 def _tag_value(value: Any) -> str:
@@ -369,13 +151,15 @@ def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
     if experiment is None:
         try:
             return client.create_experiment(name, artifact_location=artifact_location(uri),
-                                            tags={"harness.suite": name})
+                                            tags={"harness.suite": name, EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except MlflowException:  # created meanwhile by another driver
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
                 raise
     if experiment.lifecycle_stage == "deleted":
         client.restore_experiment(experiment.experiment_id)
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # made by an older harness or by hand
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return experiment.experiment_id
 
 
@@ -501,6 +285,36 @@ def child_runs(client: MlflowClient, context: TrackingContext, trial_id: str | N
             return runs
 
 
+def iter_children_by_trial(client: MlflowClient, context: TrackingContext) -> dict[str, list[Any]]:
+    """Child runs grouped by trial id (tests and reports check there is one per trial)."""
+    grouped: dict[str, list[Any]] = {}
+    for run in child_runs(client, context):
+        grouped.setdefault(run.data.tags.get(TRIAL_ID_TAG, ""), []).append(run)
+    return grouped
+
+
+def relocate_store(run_dir: Path) -> bool:
+    """Point a run directory's sqlite store at the artifacts beside it again, after the directory was moved or
+    fetched from a cluster's storage (MLflow records absolute artifact URIs: the job's path on the head). Returns
+    whether anything was rewritten."""
+    import sqlite3
+
+    run_dir = Path(run_dir).resolve()
+    db, here = run_dir / DB_FILE, (run_dir / ARTIFACTS_DIR).as_uri()
+    if not db.is_file():
+        return False
+    with contextlib.closing(sqlite3.connect(db)) as connection, connection:
+        locations = {row[0] for row in connection.execute("SELECT artifact_location FROM experiments")
+                     if row[0] and row[0].rstrip("/").endswith("/" + ARTIFACTS_DIR)}
+        moved = {old.rstrip("/") for old in locations if old.rstrip("/") != here}
+        for old in moved:
+            connection.execute("UPDATE experiments SET artifact_location = ? || substr(artifact_location, ?) "
+                               "WHERE artifact_location LIKE ? || '%'", (here, len(old) + 1, old))
+            connection.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
+                               "WHERE artifact_uri LIKE ? || '%'", (here, len(old) + 1, old))
+    return bool(moved)
+
+
 # ---------------------------------------------------------------------------------------------------- trials
 
 
@@ -517,7 +331,6 @@ class TrialTracker:
         self._params: dict[str, str] = {}
         self._buffer: list[Any] = []
         self._last_flush = time.monotonic()
-        self._samples_logged = False
 
     # -- plumbing
     @property
@@ -620,20 +433,6 @@ class TrialTracker:
         if self._buffer:
             self._guard("log_losses", _flush)
 
-    def log_samples(self, image_path: Path, step: int) -> None:
-        """The sample grid as a stepped image (key ``samples``): the UI's image view steps through it."""
-        def _log() -> None:
-            from PIL import Image
-
-            with Image.open(image_path) as image:
-                self.client.log_image(self.run_id, image.convert("RGB"), key=SAMPLES_IMAGE_KEY, step=int(step),
-                                      synchronous=True)
-            self._samples_logged = True
-
-        self.flush()
-        if Path(image_path).is_file():
-            self._guard("log_samples", _log)
-
     def finish(self, result: TrialResult, trial_dir: Path) -> None:
         """Final metrics (+ ``<key>_std``), final losses, wall times, status, artifacts; end the run."""
         self.flush()
@@ -663,7 +462,7 @@ class TrialTracker:
                     for k, v in result.wall_times.items() if k.endswith("_s")]
         _log_metrics(client, run_id, metrics)
         provenance = result.provenance or {}
-        tags = {STATUS_TAG: result.status, ERROR_TAG: result.error or "", **_meta_tags(metric_meta(result))}
+        tags = {STATUS_TAG: result.status, ERROR_TAG: result.error or ""}
         for key in ("evaluator", "evaluator_hash", "evaluator_test_accuracy", "host", "device", "git_commit",
                     "method_target", "resumed"):
             if provenance.get(key) is not None:
@@ -671,95 +470,13 @@ class TrialTracker:
         for name, v in (provenance.get("versions") or {}).items():
             tags[f"version.{name}"] = v
         _log_tags(client, run_id, tags)
-        if not self._samples_logged and (trial_dir / "samples.png").is_file():  # e.g. a trial that was not wired
+        if (trial_dir / "samples.png").is_file():  # a stepped image: the UI's image view steps through it
             from PIL import Image
 
             with Image.open(trial_dir / "samples.png") as image:
-                client.log_image(run_id, image.convert("RGB"), key=SAMPLES_IMAGE_KEY, step=step, synchronous=True)
+                client.log_image(run_id, image.convert("RGB"), key=SAMPLES_IMAGE_KEY, step=self.spec.budget.steps,
+                                 synchronous=True)
         for name in ("result.json", "samples.png", "shots.png"):
             if (trial_dir / name).is_file():
                 client.log_artifact(run_id, str(trial_dir / name))
         client.set_terminated(run_id, {"ok": "FINISHED", "stopped": "KILLED"}.get(result.status, "FAILED"))
-
-
-# ------------------------------------------------------------------------------------------------------- UI
-
-
-def run_dir_store(run_dir: Path) -> str:
-    """The tracking URI a run directory was tracked into (``tracking.json``), else its default sqlite store."""
-    record = _read_tracking_file(run_dir)
-    return record.get("last") or default_tracking_uri(run_dir)
-
-
-def _latest_run_dir(root: Path = Path("runs")) -> Path | None:
-    dbs = sorted(root.glob(f"*/*/{DB_FILE}"), key=lambda p: p.stat().st_mtime)
-    return dbs[-1].parent if dbs else None
-
-
-def ui_command(uri: str, port: int, host: str, artifacts: Path | None) -> list[str]:
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-               "--host", host, "--port", str(port), "--workers", "1"]
-    if artifacts is not None:
-        command += ["--artifacts-destination", artifacts.as_uri()]
-    return command
-
-
-def serve_ui(run_dir: Path | None, port: int = 5000, host: str = "127.0.0.1") -> None:
-    """Start the MLflow UI on the store of ``run_dir`` (default: ``$MLFLOW_TRACKING_URI`` if it is a local store,
-    else the newest run directory under ``runs/``), print its URL and serve until Ctrl+C."""
-    if run_dir is None:
-        env = os.environ.get("MLFLOW_TRACKING_URI")
-        if env and not is_local_uri(env):
-            print(f"MLFLOW_TRACKING_URI points at a tracking server: open {env}")
-            return
-        if env:
-            uri, cwd = _absolute_local_uri(env), Path.cwd()
-        else:
-            run_dir = _latest_run_dir()
-            if run_dir is None:
-                raise FileNotFoundError("no run directory with an MLflow store under runs/; give RUN_DIR")
-    if run_dir is not None:
-        run_dir = Path(run_dir).resolve()
-        if not run_dir.is_dir():
-            raise FileNotFoundError(f"{run_dir} is not a run directory")
-        uri, cwd = run_dir_store(run_dir), run_dir
-        if not is_local_uri(uri):
-            print(f"{run_dir} was tracked on the server {uri}: open it there")
-            return
-        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-            raise FileNotFoundError(f"{run_dir} has no MLflow store ({DB_FILE}); was it run with tracking?")
-    # the server's working directory is the run directory, so nothing lands in the caller's cwd
-    artifacts = cwd / ARTIFACTS_DIR
-    command = ui_command(uri, port, host, artifacts)
-    # a local UI needs no background job runner (GenAI jobs: a dozen worker processes)
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION",
-                                                                               "false")}
-    process = subprocess.Popen(command, cwd=cwd, env=env)
-    shown = f"[{host}]" if ":" in host else host
-    print(f"MLflow UI for {uri}: http://{shown}:{port}  (Ctrl+C stops it)", flush=True)
-    previous = None
-    if threading.current_thread() is threading.main_thread():  # `kill` stops the server too, not only Ctrl+C
-        previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        process.wait()
-    except KeyboardInterrupt:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
-def iter_children_by_trial(client: MlflowClient, context: TrackingContext) -> dict[str, list[Any]]:
-    """Child runs grouped by trial id (tests and reports check there is one per trial)."""
-    grouped: dict[str, list[Any]] = {}
-    for run in child_runs(client, context):
-        grouped.setdefault(run.data.tags.get(TRIAL_ID_TAG, ""), []).append(run)
-    return grouped
