@@ -213,10 +213,11 @@ def test_state_dict_is_a_snapshot_that_a_new_instance_samples_from_identically(c
 
 
 def test_a_resumed_fit_equals_the_uninterrupted_one(case):
-    """Interrupted after 2 of 5 steps, by a checkpoint in step_end or by a smaller budget, then resumed in a new
-    instance: the same steps, losses, info, final state and samples as one uninterrupted fit. (MetaCGAN's batch
-    source is in the info: its default N_c = 4 makes step 4 a base step again.)"""
-    interrupted_after, total = 2, 5
+    """Interrupted after 3 of 5 steps, by a checkpoint in step_end or by a smaller budget, then resumed in a new
+    instance: the same steps, losses, info, final state and samples as one uninterrupted fit. (The interruption falls
+    inside one of GLICO's epochs, 6 images in batches of 4; MetaCGAN's batch source is in the info and step 4 is a
+    base step again, N_c = 4.)"""
+    interrupted_after, total = 3, 5
     task = make_task(case)
     straight = make(case)
     straight_hooks = SnapshotHooks(straight, at=interrupted_after - 1)
