@@ -2,7 +2,9 @@
 
 :class:`AdversarialMethod` owns the generator and discriminator (:mod:`methods.nets`), their optimisers, the in-memory
 batch sampler, the random generator, the step counter, the critic updates per generator update, optional DiffAugment,
-logging, checkpoint offers, the divergence check, ``state_dict`` and sampling. A method supplies only what differs:
+``state_dict`` and sampling. After every step it calls ``hooks.step_end`` with that step's losses as tensors and does no
+other bookkeeping: logging, checkpoints and the divergence check are the harness's. A method supplies only what
+differs:
 
 * ``make_optimizers()`` → ``(opt_g, opt_d)``;
 * ``d_loss(real_logits, fake_logits, real, fake, labels)`` and ``g_loss(fake_logits)``;
@@ -12,7 +14,7 @@ logging, checkpoint offers, the divergence check, ``state_dict`` and sampling. A
 A method whose step differs more (e.g. MetaCGAN: extra networks, batches alternating between base and novel classes)
 overrides ``_train_step`` and uses the generic hooks ``build_modules()`` (its extra networks, built before weights are
 initialised and optimisers made), ``make_sampler(task, pool)`` (what ``_train_step`` draws batches from) and
-``step_info()`` (facts about the step just taken, added to the logged ``info``); ``fit`` stays the one loop.
+``step_info()`` (facts about the step just taken, added to the ``info`` of ``step_end``); ``fit`` stays the one loop.
 
 One *step* is one generator update preceded by ``n_critic`` discriminator updates (each on a fresh real batch), as in
 the papers' algorithms; ``budget.steps`` counts steps. Training images are scaled once to [-1, 1] (the tanh range).
@@ -25,14 +27,13 @@ from __future__ import annotations
 
 import abc
 import copy
-import math
 from typing import Any, ClassVar, Literal
 
 import pydantic
 import torch
 from torch import Tensor
 
-from harness.api import Budget, FewShotTask, FitHooks, GenerativeMethod, LabeledImages, TrialDiverged
+from harness.api import Budget, FewShotTask, FitHooks, GenerativeMethod, LabeledImages
 from methods.state import check_state_header, state_header
 from methods.diffaugment import diff_augment, parse_policy
 from methods.nets import Discriminator, Generator, dcgan_init
@@ -185,7 +186,8 @@ class AdversarialMethod(GenerativeMethod):
         return BatchSampler(pool.images * 2 - 1, pool.labels.long(), self.sampling_mode())
 
     def step_info(self) -> dict[str, Any]:
-        """Facts about the step just taken, merged into the ``info`` logged with its losses (default: none)."""
+        """Facts about the step just taken, merged into the ``info`` passed to ``hooks.step_end`` with its losses
+        (default: none)."""
         return {}
 
     @property
@@ -248,19 +250,11 @@ class AdversarialMethod(GenerativeMethod):
                                "state_dict before resuming")
         self.G.train()
         self.D.train()
-        last = budget.steps - 1
         for step in range(self.step, budget.steps):
             with autocast(self.config, self.device):
                 losses = self._train_step(sampler, budget.batch_size)
             self.step = step + 1
-            if step % budget.log_every == 0 or step == last:
-                values = dict(zip(losses, torch.stack(list(losses.values())).tolist()))  # the one host sync
-                for key, value in values.items():
-                    if not math.isfinite(value):
-                        raise TrialDiverged(f"{self.name}: {key}={value} at step {step}")
-                hooks.log(step, values, {**info, **self.step_info()})
-            if budget.checkpoint_every and self.step % budget.checkpoint_every == 0:
-                hooks.checkpoint(step)
+            hooks.step_end(step, losses, {**info, **self.step_info()})
 
     def _noise(self, n: int) -> Tensor:
         return torch.randn(n, self.config.z_dim, generator=self._rng, device=self.device)

@@ -787,20 +787,12 @@ class GLICO(GenerativeMethod):
         self.G.train()
         if self.classifier is not None:
             self.classifier.train()
-        last = budget.steps - 1
         for step in range(self.step, budget.steps):
             self._set_lr(step, n, batch)
             with autocast(self.config, self.device):
                 losses = self._train_step(images, targets, batch)
             self.step = step + 1
-            if step % budget.log_every == 0 or step == last:
-                values = dict(zip(losses, torch.stack(list(losses.values())).tolist()))  # the one host sync
-                for key, value in values.items():
-                    if not math.isfinite(value):
-                        raise TrialDiverged(f"glico: {key}={value} at step {step}")
-                hooks.log(step, values, info)
-            if budget.checkpoint_every and self.step % budget.checkpoint_every == 0:
-                hooks.checkpoint(step)
+            hooks.step_end(step, losses, info)
         self._feature_cache = None  # rebuilt by the next fit; not part of the state
 
     # ---- sampling ---------------------------------------------------------------------------------------------------

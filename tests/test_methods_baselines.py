@@ -1,6 +1,8 @@
 """The GAN baselines (DCGAN, WGAN, WGAN-GP, conditional GAN), their networks and the shared adversarial loop.
 
-Everything runs on tiny networks (width 8, z 8), batches of 4 and one to a few steps on the CPU.
+The method contract (shapes, finite losses, state round trip, resume, seeding) is checked on every method in
+``tests/test_method_contract.py``; this file tests what is particular to these methods. Everything runs on tiny
+networks (width 8, z 8), batches of 4 and one to a few steps on the CPU.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
-from harness.api import Budget, FewShotTask, LabeledImages, NullHooks, TrialDiverged
+from harness.api import Budget, FewShotTask, LabeledImages, NullHooks
 from methods.adversarial import BatchSampler
 from methods.cgan import CGAN
 from methods.dcgan import DCGAN
@@ -41,8 +43,8 @@ def make(cls, size: int = 28, channels: int = 1, **overrides):
     return cls(cls.Config(**{**TINY, **overrides}), (channels, size, size), NUM_CLASSES, "cpu")
 
 
-def budget(steps: int, **kw) -> Budget:
-    return Budget(steps=steps, batch_size=4, log_every=kw.pop("log_every", 1), **kw)
+def budget(steps: int) -> Budget:
+    return Budget(steps=steps, batch_size=4)
 
 
 def draw(method, n: int = 6, seed: int = 7) -> torch.Tensor:
@@ -170,8 +172,8 @@ def test_names_and_conditioning():
 # ---- fitting ---------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("cls", METHODS)
-@pytest.mark.parametrize(("size", "channels"), [(28, 1), (32, 3), (64, 3)])
-def test_one_step_finite_losses_and_samples(cls, size, channels):
+@pytest.mark.parametrize(("size", "channels"), [(32, 3), (64, 3)])  # 28×28×1: the contract
+def test_other_image_sizes_train_and_sample(cls, size, channels):
     method = make(cls, size, channels)
     hooks = NullHooks()
     method.fit(make_task(cls.conditional, size, channels), budget(1), hooks)
@@ -184,30 +186,6 @@ def test_one_step_finite_losses_and_samples(cls, size, channels):
     assert x.shape == (6, channels, size, size) and x.dtype == torch.float32
     assert x.min() >= 0 and x.max() <= 1
     assert x.std() > 0
-
-
-@pytest.mark.parametrize("cls", METHODS)
-def test_fit_changes_weights(cls):
-    method = make(cls)
-    task = make_task(cls.conditional)
-    method.fit(task, budget(1), NullHooks())
-    before = {k: v.clone() for k, v in method.G.state_dict().items()}
-    method.fit(task, budget(2), NullHooks())
-    assert method.step == 2
-    assert any(not torch.equal(before[k], v) for k, v in method.G.state_dict().items() if v.is_floating_point())
-
-
-@pytest.mark.parametrize("cls", METHODS)
-def test_same_seed_same_losses_and_samples(cls):
-    runs = []
-    for seed in (0, 0, 1):
-        method, hooks = make(cls), NullHooks()
-        method.fit(make_task(cls.conditional, seed=seed), budget(2), hooks)
-        runs.append(([r[1] for r in hooks.records], draw(method)))
-    assert runs[0][0] == runs[1][0]
-    assert torch.equal(runs[0][1], runs[1][1])
-    assert runs[0][0] != runs[2][0]
-    assert not torch.equal(runs[0][1], runs[2][1])
 
 
 @pytest.mark.parametrize("cls", METHODS)
@@ -234,73 +212,22 @@ def test_initial_weights_come_from_the_task_seed(cls):
     assert abs(wa.std().item() - 0.02) < 0.01
 
 
-@pytest.mark.parametrize("cls", METHODS)
-def test_state_dict_round_trip_and_resume(cls):
-    task = make_task(cls.conditional)
-    method = make(cls, diffaugment=True)
-    method.fit(task, budget(2), NullHooks())
-    state = method.state_dict()
-    assert state["step"] == 2
-
-    restored = make(cls, diffaugment=True)
-    restored.load_state_dict(state)
-    assert restored.step == 2
-    assert torch.equal(draw(method), draw(restored))
-
-    # resuming continues from step 2, without redoing steps, exactly as an uninterrupted run
-    hooks = NullHooks()
-    restored.fit(task, budget(3), hooks)
-    assert restored.step == 3
-    assert [r[0] for r in hooks.records] == [2]
-    straight, straight_hooks = make(cls, diffaugment=True), NullHooks()
-    straight.fit(task, budget(3), straight_hooks)
-    assert straight_hooks.records[-1][1] == hooks.records[0][1]
-    assert torch.equal(draw(straight), draw(restored))
-
-    # finished: fitting again with the same budget does nothing
-    again = NullHooks()
-    restored.fit(task, budget(3), again)
-    assert again.records == [] and restored.step == 3
-
-
-def test_state_dict_is_a_snapshot():
-    method = make(DCGAN)
-    task = make_task(False)
-    method.fit(task, budget(1), NullHooks())
-    state = method.state_dict()
-    weight = state["G"]["to_image.weight"].clone()
-    method.fit(task, budget(2), NullHooks())
-    assert torch.equal(state["G"]["to_image.weight"], weight)
-    assert state["step"] == 1
-
-
 def test_state_dict_of_another_method_is_rejected():
     state = make(DCGAN).state_dict()
     with pytest.raises(ValueError, match="dcgan"):
         make(WGAN).load_state_dict(state)
 
 
-def test_logging_and_checkpoint_schedule():
-    method, hooks = make(DCGAN), NullHooks()
-    method.fit(make_task(False), Budget(steps=5, batch_size=4, log_every=2, checkpoint_every=2), hooks)
-    assert [r[0] for r in hooks.records] == [0, 2, 4]
-    assert hooks.checkpoints == [1, 3]
-    assert hooks.records[0][2]["pool_images"] == 3
-
-
-def test_no_checkpoints_when_disabled():
-    method, hooks = make(DCGAN), NullHooks()
-    method.fit(make_task(False), budget(3), hooks)
-    assert hooks.checkpoints == []
-    assert [r[0] for r in hooks.records] == [0, 1, 2]
-
-
-def test_non_finite_loss_raises_trial_diverged():
-    task = make_task(False)
-    bad = FewShotTask(task.base, LabeledImages(torch.full_like(task.novel.images, float("nan")), task.novel.labels),
-                      task.base_classes, task.novel_classes, task.image_shape, task.seed)
-    with pytest.raises(TrialDiverged, match=r"loss_d=nan at step 0"):
-        make(DCGAN).fit(bad, budget(1), NullHooks())
+@pytest.mark.parametrize("cls", METHODS)
+def test_every_step_reports_the_training_pool(cls):
+    """The info of every step says what the model trains on (an unconditional one: one class's shots only)."""
+    method, hooks = make(cls), NullHooks()
+    method.fit(make_task(cls.conditional), budget(3), hooks)
+    expected = ({"pool_images": 16, "novel_images": 4, "pool_classes": 5, "sampling": "pooled"} if cls.conditional
+                else {"pool_images": 3, "novel_images": 3, "pool_classes": 1, "sampling": "novel_shots"})
+    assert [step for step, _, _ in hooks.records] == [0, 1, 2]
+    for _, _, info in hooks.records:
+        assert info == {**expected, "n_critic": method.n_critic}
 
 
 def test_unconditional_trains_on_one_novel_class_only():
