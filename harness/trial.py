@@ -3,7 +3,7 @@
 It is pure given its spec: it seeds everything from the spec, reads only the dataset it is handed (or loads the one
 the spec names) and writes only under its own trial directory. Executors differ in *where* trials run, never in
 *what* a trial computes: what they add (tracking, Tune reports, checkpoint storage, progress) are
-:class:`~harness.callbacks.TrialCallback`\ s, and the trial's loop (:class:`TrialLoop`) decides when each is called.
+:class:`~harness.callbacks.TrialCallback` objects, and the trial's loop (:class:`TrialLoop`) decides when each is called.
 """
 
 from __future__ import annotations

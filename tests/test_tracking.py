@@ -167,7 +167,7 @@ def trial_dir_for_spec(spec) -> Path:
 def _start(suite_file: Path, run_dir: Path, uri: str, executor: str):
     suite = load_suite(suite_file)
     run = RunDir.create(suite, suite_file, path=run_dir)
-    uri = tr.resolve_tracking_uri(uri, run.path, cluster=True)
+    uri = tr.resolve_tracking_uri(uri, run.path)
     tr.check_tracking_server(uri)
     return suite, run, tr.start_run_tracking(suite, suite_file, run.path, uri, executor=executor)
 
@@ -180,7 +180,7 @@ def test_inprocess_suite_logs_one_parent_and_one_child_per_trial_and_resume_adds
     suite, run, context = _start(suite_file, tmp_path / "run", mlflow_server, "inprocess")
     specs = expand(suite)
     _RUN_DIRS.update({s.trial_id: run.path for s in specs})
-    results = run_inprocess(specs, run.path, device="cpu", progress=False, tracking=context)
+    results = run_inprocess(specs, run.path, device="cpu", tracking=context)
     assert [r.status for r in results] == ["ok", "ok"]
     tr.finish_run_tracking(context, "FINISHED")
 
@@ -199,7 +199,7 @@ def test_inprocess_suite_logs_one_parent_and_one_child_per_trial_and_resume_adds
     # (as resumed or retried trials do) logs into their existing child runs
     again = tr.start_run_tracking(suite, suite_file, run.path, context.tracking_uri, executor="inprocess")
     assert again.parent_run_id == context.parent_run_id
-    run_inprocess(specs, run.path, device="cpu", progress=False, tracking=again)
+    run_inprocess(specs, run.path, device="cpu", tracking=again)
     tr.finish_run_tracking(again, "FINISHED")
     children_after = _check_tracked(client, again, specs, metrics=tuple(cheap))
     assert {k: r.info.run_id for k, r in children_after.items()} == {k: r.info.run_id for k, r in children.items()}
@@ -209,12 +209,20 @@ def test_inprocess_suite_logs_one_parent_and_one_child_per_trial_and_resume_adds
     assert len(parents) == 1 and parents[0].data.tags["harness.invocations"] == "2"
 
 
-def test_ray_executor_trials_log_into_the_server_from_workers(tmp_path, mlflow_server):
+def test_ray_trials_are_tracked_by_the_driver_and_workers_need_no_mlflow(tmp_path, mlflow_server):
+    """Under Ray, trials report to the driver, which writes MLflow: the workers here cannot even import mlflow (a
+    package on their path that refuses to load), and every trial still has its child run with losses, metrics and
+    result.json."""
     import ray
 
     from harness.executors.ray_tune import init_ray
 
-    connection = init_ray(num_cpus=2)  # one local Ray for both runs below; shut down only if started here
+    blocked = tmp_path / "no-mlflow" / "mlflow"
+    blocked.mkdir(parents=True)
+    (blocked / "__init__.py").write_text("raise ImportError('workers must not use MLflow')\n")
+    if ray.is_initialized():
+        pytest.skip("needs its own local Ray (worker environment)")
+    connection = init_ray(num_cpus=2, runtime_env={"env_vars": {"PYTHONPATH": str(blocked.parent)}})
     try:
         _ray_runs(tmp_path, mlflow_server)
     finally:
@@ -259,21 +267,19 @@ def test_unreachable_server_is_a_clear_error_before_any_trial(tmp_path):
     assert not list((tmp_path / "run").glob("trials/*")), "trials ran although the tracking server is unreachable"
 
 
-def test_tracking_uri_resolution_and_cluster_refuses_local_stores(tmp_path, monkeypatch):
+def test_tracking_uri_resolution(tmp_path, monkeypatch):
+    """Flag > $MLFLOW_TRACKING_URI > the run directory's sqlite store; a local store is fine with clusters too (only
+    the driver writes it); relative local URIs become absolute."""
     run_dir = tmp_path / "run"
-    assert tr.resolve_tracking_uri(None, run_dir, cluster=False) == f"sqlite:///{run_dir.resolve()}/mlflow.db"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tr.resolve_tracking_uri(None, run_dir) == f"sqlite:///{run_dir.resolve()}/mlflow.db"
     assert tr.default_tracking_uri(run_dir) == f"sqlite:///{run_dir.resolve()}/mlflow.db"
-    with pytest.raises(ValueError, match="other nodes"):
-        tr.resolve_tracking_uri(None, run_dir, cluster=True)
-    with pytest.raises(ValueError, match="tracking server"):
-        tr.resolve_tracking_uri("sqlite:////shared/mlflow.db", run_dir, cluster=True)
-    with pytest.raises(ValueError):
-        tr.resolve_tracking_uri(str(tmp_path / "mlruns"), run_dir, cluster=True)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
-    assert tr.resolve_tracking_uri(None, run_dir, cluster=True) == "http://tracking.example:5000"
-    assert tr.resolve_tracking_uri("http://other:1", run_dir, cluster=True) == "http://other:1"  # flag wins
+    assert tr.resolve_tracking_uri(None, run_dir) == "http://tracking.example:5000"
+    assert tr.resolve_tracking_uri("http://other:1", run_dir) == "http://other:1"  # flag wins
     monkeypatch.chdir(tmp_path)
-    assert tr.resolve_tracking_uri("sqlite:///rel.db", run_dir, cluster=False) == f"sqlite:///{tmp_path}/rel.db"
+    assert tr.resolve_tracking_uri("sqlite:///rel.db", run_dir) == f"sqlite:///{tmp_path}/rel.db"
+    assert tr.resolve_tracking_uri("mlruns", run_dir) == (tmp_path / "mlruns").as_uri()
     tr.check_tracking_server("sqlite:///anything.db")  # only servers are probed
 
 
@@ -284,7 +290,7 @@ def test_tracking_failure_inside_a_trial_keeps_the_local_result(tmp_path, caplog
     dead = tr.TrackingContext(f"http://127.0.0.1:{_free_port()}", "1", "0" * 32)
     started = time.time()
     with caplog.at_level("WARNING", logger="harness.tracking"):
-        result = run_trial(spec, tmp_path, device="cpu", tracking=dead)
+        result = run_trial(spec, tmp_path, device="cpu", callbacks=[tr.TrackingCallback(dead)])
     assert time.time() - started < 60
     assert result.status == "ok"
     assert json.loads((trial_dir_for(tmp_path, spec) / "result.json").read_text())["status"] == "ok"
@@ -295,10 +301,10 @@ def test_default_store_lives_in_the_run_dir_and_harness_ui_serves_it(tmp_path, m
     monkeypatch.chdir(tmp_path)
     suite = parse_suite(yaml.safe_load(SMOKE.read_text()))
     run = RunDir.create(suite, SMOKE, path=tmp_path / "run")
-    uri = tr.resolve_tracking_uri(None, run.path, cluster=False)
+    uri = tr.resolve_tracking_uri(None, run.path)
     context = tr.start_run_tracking(suite, SMOKE, run.path, uri, executor="inprocess")
     [spec] = expand(suite, ["cgan"])
-    run_inprocess([spec], run.path, device="cpu", progress=False, tracking=context)
+    run_inprocess([spec], run.path, device="cpu", tracking=context)
     tr.finish_run_tracking(context, "FINISHED")
     assert (run.path / "mlflow.db").is_file() and (run.path / "mlartifacts").is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"], "MLflow wrote outside the run directory"
@@ -313,8 +319,12 @@ def test_default_store_lives_in_the_run_dir_and_harness_ui_serves_it(tmp_path, m
         _wait_healthy(f"http://127.0.0.1:{port}", ui, log)
         query = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=smoke"
         with urllib.request.urlopen(query, timeout=10) as response:
-            assert json.loads(response.read())["experiment"]["experiment_id"] == context.experiment_id
-        assert f"http://127.0.0.1:{port}" in log.read_text()
+            experiment = json.loads(response.read())["experiment"]
+        assert experiment["experiment_id"] == context.experiment_id
+        # MLflow 3's UI opens an untagged experiment on its GenAI traces page; ours is a model-training experiment,
+        # and the printed link is its runs table (the parent run with its children)
+        assert {"key": "mlflow.experimentKind", "value": "custom_model_development"} in experiment["tags"]
+        assert f"http://127.0.0.1:{port}/#/experiments/{context.experiment_id}/runs" in log.read_text()
         ui.send_signal(signal.SIGTERM)  # `kill` of `harness ui` stops the MLflow server it started
         ui.wait(timeout=60)
         with pytest.raises(OSError):
@@ -328,7 +338,8 @@ def test_intermediate_evaluations_are_stepped_metrics_and_a_stopped_trial_is_kil
     tag ``stopped`` (not FAILED: nothing went wrong)."""
     from mlflow import MlflowClient
 
-    from harness.trial import IntermediateEvaluation, TrialStopped
+    from harness.callbacks import TrialCallback, TrialStopped
+    from harness.trial import IntermediateEvaluation
 
     data = yaml.safe_load(SMOKE.read_text())
     data["evaluation"]["metrics"] = ["fid"]
@@ -339,12 +350,13 @@ def test_intermediate_evaluations_are_stepped_metrics_and_a_stopped_trial_is_kil
     [spec] = expand(suite, ["cgan"])
     spec = spec.model_copy(update={"budget": spec.budget.model_copy(update={"steps": 8})})
 
-    def stop_at_six(step, values):
-        if step == 6:
-            raise TrialStopped("stopped after step 6")
+    class StopAtSix(TrialCallback):
+        def on_evaluation(self, trial, steps_done, values):
+            if steps_done == 6:
+                raise TrialStopped("stopped after step 6")
 
-    result = run_trial(spec, run.path, device="cpu", tracking=context,
-                       intermediate=IntermediateEvaluation(("fid",), 2, stop_at_six))
+    result = run_trial(spec, run.path, device="cpu",
+                       callbacks=[IntermediateEvaluation(("fid",), 2), tr.TrackingCallback(context), StopAtSix()])
     client = MlflowClient(uri)
     [child] = tr.iter_children_by_trial(client, context)[spec.trial_id]
     history = client.get_metric_history(child.info.run_id, "eval/fid")

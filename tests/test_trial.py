@@ -1,4 +1,5 @@
-"""run_trial: reproducible, records provenance, per-class fitting, divergence, resume from checkpoints."""
+"""run_trial: reproducible, records provenance, per-class fitting, divergence, resume from checkpoints; the trial
+loop decides when callbacks are called (logging, checkpoints, evaluations) and calls them in order."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import pytest
 import torch
 
 from harness.api import GenerativeMethod
+from harness.callbacks import TrialCallback, TrialStopped
 from harness.data import load_dataset
 from harness.executors import run_inprocess
 from harness.registry import METHODS
 from harness.suite import expand, load_suite
-from harness.trial import TrialResult, run_trial, trial_dir_for
+from harness.trial import FileCheckpoint, IntermediateEvaluation, TrialResult, run_trial, trial_dir_for
 
 SMOKE = Path(__file__).resolve().parents[1] / "suites" / "smoke.yaml"
 
@@ -78,7 +80,7 @@ class _DivergingMethod(GenerativeMethod):
 
     def fit(self, task, budget, hooks):
         for step in range(budget.steps):
-            hooks.log(step, {"loss_g": float("nan") if step >= self.config.diverge_at else 1.0})
+            hooks.step_end(step, {"loss_g": torch.tensor(float("nan") if step >= self.config.diverge_at else 1.0)})
 
     def sample(self, labels, generator):
         return torch.zeros(len(labels), *self.image_shape)
@@ -100,9 +102,9 @@ def diverging_registered():
 
 def test_diverging_trial_fails_with_reason_and_the_suite_goes_on(tmp_path, smoke, diverging_registered):
     suite, _ = smoke
-    good = _spec(suite, "cgan")
+    good = _spec(suite, "cgan", log_every=1)  # the loop checks the losses it logs: here every step
     bad = good.model_copy(update={"method": "diverging", "label": "diverging", "params": {}})
-    results = run_inprocess([bad, good], tmp_path, device="cpu", progress=False)
+    results = run_inprocess([bad, good], tmp_path, device="cpu")
     assert [r.status for r in results] == ["failed", "ok"]
     assert "non-finite loss at step 2" in results[0].error
     assert TrialResult.load(trial_dir_for(tmp_path, bad) / "result.json").status == "failed"
@@ -112,25 +114,99 @@ class _Interrupt(Exception):
     pass
 
 
+class _Recorder(TrialCallback):
+    """Remembers every hook call in order; optionally raises ``error`` from ``on_<hook>`` at ``step``."""
+
+    def __init__(self, raise_in: str | None = None, at_step: int | None = None, error: Exception | None = None):
+        self.calls: list[tuple] = []
+        self.raise_in, self.at_step, self.error = raise_in, at_step, error
+
+    def _maybe_raise(self, hook: str, step: int) -> None:
+        if hook == self.raise_in and step == self.at_step:
+            raise self.error
+
+    def on_start(self, trial):
+        self.calls.append(("start",))
+
+    def on_log(self, trial, step, losses, info):
+        self.calls.append(("log", info.get("class"), step))
+        self._maybe_raise("log", step)
+
+    def on_evaluation(self, trial, steps_done, values):
+        self.calls.append(("evaluation", steps_done, tuple(values)))
+        self._maybe_raise("evaluation", steps_done)
+
+    def on_checkpoint(self, trial, state):
+        self.calls.append(("checkpoint", state["losses"][-1]["step"], state["losses"][-1].get("class")))
+
+    def on_finish(self, trial, result):
+        self.calls.append(("finish", result.status))
+
+
+def test_the_loop_logs_every_log_every_steps_and_the_last_and_checkpoints_on_its_schedule(tmp_path, smoke):
+    suite, dataset = smoke
+    spec = _spec(suite, "cgan", steps=7, log_every=3, checkpoint_every=2)
+    recorder = _Recorder()
+    result = run_trial(spec, tmp_path, dataset=dataset, device="cpu", callbacks=[recorder])
+    assert [r["step"] for r in result.losses] == [0, 3, 6]  # every 3rd step and the last
+    assert recorder.calls[0] == ("start",) and recorder.calls[-1] == ("finish", "ok")
+    # checkpoints after steps 1, 3, 5 (every 2 steps done); each state holds the losses logged so far
+    assert [c for c in recorder.calls if c[0] == "checkpoint"] == [("checkpoint", 0, None), ("checkpoint", 3, None),
+                                                                   ("checkpoint", 3, None)]
+    assert [c for c in recorder.calls if c[0] == "log"] == [("log", None, 0), ("log", None, 3), ("log", None, 6)]
+
+
+def test_per_class_models_checkpoint_after_each_class(tmp_path, smoke):
+    """The unconditional baselines fit one model per novel class: a checkpoint follows each, so a resumed trial
+    skips the classes already done (no sentinel step: the adapter tells the loop a model is done)."""
+    suite, dataset = smoke
+    spec = _spec(suite, "dcgan", steps=3, log_every=1)  # no periodic checkpoints
+    recorder = _Recorder()
+    run_trial(spec, tmp_path, dataset=dataset, device="cpu", callbacks=[recorder])
+    assert [c for c in recorder.calls if c[0] == "checkpoint"] == [("checkpoint", 2, 3), ("checkpoint", 2, 4)]
+
+
+def test_no_checkpoint_state_is_built_when_no_callback_keeps_it(tmp_path, smoke, monkeypatch):
+    from harness.trial import TrialLoop
+
+    suite, dataset = smoke
+    built = []
+    monkeypatch.setattr(TrialLoop, "state", lambda self: built.append(1) or {})
+    run_trial(_spec(suite, "cgan", steps=4, checkpoint_every=1), tmp_path, dataset=dataset, device="cpu",
+              callbacks=[TrialCallback()])
+    assert built == []
+
+
+def test_a_callback_failure_fails_the_trial_and_on_finish_still_sees_it(tmp_path, smoke):
+    suite, dataset = smoke
+    spec = _spec(suite, "cgan", steps=4, log_every=1)
+    recorder = _Recorder("log", 2, _Interrupt("boom"))
+    with pytest.raises(_Interrupt):
+        run_trial(spec, tmp_path, dataset=dataset, device="cpu", callbacks=[recorder])
+    assert recorder.calls[-1] == ("finish", "failed")
+    assert TrialResult.load(trial_dir_for(tmp_path, spec) / "result.json").error == "_Interrupt: boom"
+
+
 def test_interrupted_trial_resumes_from_its_checkpoint_without_redoing_steps(tmp_path, smoke):
     suite, dataset = smoke
     spec = _spec(suite, "dcgan", steps=6, log_every=1, checkpoint_every=2)
-    seen = []
-
-    def interrupt(step, losses, info=None):
-        seen.append(step)
-        if len(seen) == 9:  # second class, third step
-            raise _Interrupt
+    checkpoint = FileCheckpoint(trial_dir_for(tmp_path, spec))
+    interrupt = _Recorder("log", 2, _Interrupt())
+    interrupt.on_log = lambda trial, step, losses, info: (  # second class, third step
+        _Recorder.on_log(interrupt, trial, step, losses, info) if info["class"] == 4 else None)
 
     with pytest.raises(_Interrupt):
-        run_trial(spec, tmp_path, dataset=dataset, device="cpu", on_log=interrupt)
+        run_trial(spec, tmp_path, dataset=dataset, device="cpu", callbacks=[checkpoint, interrupt])
     assert TrialResult.load(trial_dir_for(tmp_path, spec) / "result.json").status == "failed"
-    assert (trial_dir_for(tmp_path, spec) / "checkpoint.pt").exists()
+    assert checkpoint.load() is not None
 
-    resumed = run_trial(spec, tmp_path, dataset=dataset, device="cpu")
+    resumed = run_trial(spec, tmp_path, dataset=dataset, device="cpu", restore=checkpoint.load(),
+                        callbacks=[checkpoint])
     assert resumed.status == "ok" and resumed.provenance.get("resumed") is True
     steps = [(r["class"], r["step"]) for r in resumed.losses]
     assert sorted(steps) == [(c, s) for c in (3, 4) for s in range(6)]  # every step once, none redone
+    uninterrupted = run_trial(spec, tmp_path / "straight", dataset=dataset, device="cpu")
+    assert resumed.metrics == uninterrupted.metrics and resumed.losses == uninterrupted.losses
 
 
 def _fid_only(spec):
@@ -140,45 +216,40 @@ def _fid_only(spec):
 def test_intermediate_evaluations_leave_the_training_unchanged(tmp_path, smoke):
     """Evaluating mid-fit samples from the model and computes FID: neither may move the training's random streams,
     so a sweep trial with ASHA trains exactly as the same trial without it."""
-    from harness.trial import IntermediateEvaluation
-
     suite, dataset = smoke
     spec = _fid_only(_spec(suite, "cgan", steps=8, log_every=1, checkpoint_every=4))
-    reports, saved = [], []
+    recorder = _Recorder()
     plain = run_trial(spec, tmp_path / "plain", dataset=dataset, device="cpu")
     evaluated = run_trial(spec, tmp_path / "evaluated", dataset=dataset, device="cpu",
-                          save_checkpoint=lambda state: saved.append(state["losses"][-1]["step"]),
-                          intermediate=IntermediateEvaluation(("fid",), 2, lambda step, v: reports.append((step, v))))
+                          callbacks=[IntermediateEvaluation(("fid",), 2), recorder])
     assert evaluated.status == plain.status == "ok"
     assert evaluated.losses == plain.losses
     assert evaluated.metrics["fid"]["value"] == plain.metrics["fid"]["value"]
     # none after the last step: the final evaluation is that one
-    assert [e["step"] for e in evaluated.evaluations] == [2, 4, 6] == [step for step, _ in reports]
+    reports = [c[1] for c in recorder.calls if c[0] == "evaluation"]
+    assert [e["step"] for e in evaluated.evaluations] == [2, 4, 6] == reports
     assert all(set(e) == {"step", "fid"} for e in evaluated.evaluations)  # pooled, no per-class or real floor
     assert evaluated.wall_times["intermediate_evaluate_s"] > 0 and "intermediate_evaluate_s" not in plain.wall_times
-    assert saved == [3, 7]  # checkpoints still every 4 steps (after steps 0-3 and 4-7), not at every evaluation
+    # checkpoints still every 4 steps (after steps 0-3 and 4-7), not at every evaluation; at step 4 after it
+    events = [c[0] for c in recorder.calls if c[0] in ("evaluation", "checkpoint")]
+    assert events == ["evaluation", "evaluation", "checkpoint", "evaluation", "checkpoint"]
     assert len({e["fid"] for e in evaluated.evaluations} | {plain.metrics["fid"]["value"]}) == 4
     assert TrialResult.load(trial_dir_for(tmp_path / "evaluated", spec) / "result.json").evaluations == \
         evaluated.evaluations
 
 
 def test_a_trial_stopped_by_its_scheduler_is_recorded_as_stopped(tmp_path, smoke):
-    from harness.trial import IntermediateEvaluation, TrialStopped
-
     suite, dataset = smoke
     spec = _fid_only(_spec(suite, "cgan", steps=8))
-
-    def stop_at_four(step, values):
-        if step == 4:
-            raise TrialStopped("stopped by the test's scheduler after step 4")
-
+    stopper = _Recorder("evaluation", 4, TrialStopped("stopped by the test's scheduler after step 4"))
     result = run_trial(spec, tmp_path, dataset=dataset, device="cpu",
-                       intermediate=IntermediateEvaluation(("fid",), 2, stop_at_four))
+                       callbacks=[IntermediateEvaluation(("fid",), 2), stopper])
     stored = TrialResult.load(trial_dir_for(tmp_path, spec) / "result.json")
     assert result.status == stored.status == "stopped" and "after step 4" in stored.error
     assert [e["step"] for e in stored.evaluations] == [2, 4] and stored.metrics == {}
     assert max(r["step"] for r in stored.losses) < 4 and "fit_s" in stored.wall_times
     assert not (trial_dir_for(tmp_path, spec) / "samples.pt").exists()
+    assert stopper.calls[-1] == ("finish", "stopped")
 
 
 def test_isolated_rng_leaves_every_random_stream_where_it_was():

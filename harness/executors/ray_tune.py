@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -134,12 +137,15 @@ class TuneReporter(TrialCallback):
 
 def tune_trainable(config: dict[str, Any], datasets: dict[str, Dataset], run_dir: str, device: str,
                    storage: RunStorage | None = None, evaluate_metrics: tuple[str, ...] = (),
-                   evaluate_every: int = 0) -> None:
+                   evaluate_every: int = 0, quiet: bool = True) -> None:
     """The Tune function trainable: one TrialSpec → ``run_trial`` with a :class:`TuneReporter` (and, with
-    ``evaluate_every``, intermediate evaluations of ``evaluate_metrics`` reported to Tune's scheduler)."""
+    ``evaluate_every``, intermediate evaluations of ``evaluate_metrics`` reported to Tune's scheduler). ``quiet``:
+    no INFO line per checkpoint from Ray in the driver's console."""
     import ray
     from ray import tune
 
+    if quiet:
+        logging.getLogger("ray.train").setLevel(logging.WARNING)
     spec = _spec_of(config)
     node_id = ray.get_runtime_context().get_node_id()
     placement = {"ray_node_id": node_id, "ray_trial_id": tune.get_context().get_trial_id()}
@@ -295,10 +301,40 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
         raise ConnectionError(f"cannot reach a Ray cluster at {address!r}: {exc.strerror or exc}") from None
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: Any) -> RayConnection:
-    """Connect to ``address`` or start a local Ray (the embedded default)."""
+@contextmanager
+def quiet_tune(verbose: bool) -> Iterator[None]:
+    """Tune's own console output off unless ``verbose``: its experiment box and trial tables (Ray's new output engine
+    prints them even at ``verbose=0``; the legacy reporter honours it), its INFO lines, and the snapshot-frequency
+    warning. The harness's progress display shows the trials instead."""
+    if verbose:
+        yield
+        return
+    env = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+    saved_env = {k: os.environ.get(k) for k in env}
+    loggers = [logging.getLogger(name) for name in ("ray.tune", "ray.train")]
+    saved_levels = [logger.level for logger in loggers]
+    os.environ.update(env)
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        for logger, level in zip(loggers, saved_levels):
+            logger.setLevel(level)
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, *, quiet: bool = False,
+             **kwargs: Any) -> RayConnection:
+    """Connect to ``address`` or start a local Ray (the embedded default); ``quiet``: no INFO lines from Ray."""
     import ray
 
+    if quiet:
+        kwargs.setdefault("logging_level", logging.WARNING)
     if ray.is_initialized():
         return RayConnection(False, ray.get_runtime_context().gcs_address, None)
     if address:
@@ -339,11 +375,11 @@ def _fit(
     resources = specs[0].resources
     if any(s.resources != resources for s in specs):
         raise ValueError("all trials of one Tune run must request the same resources")
-    started = init_ray(address, num_cpus=num_cpus).started
+    started = init_ray(address, num_cpus=num_cpus, quiet=not verbose).started
     try:
         trainable = tune.with_resources(
             tune.with_parameters(tune_trainable, datasets=prepare(specs, device), run_dir=str(run_dir),
-                                 device=device, storage=storage,
+                                 device=device, storage=storage, quiet=not verbose,
                                  evaluate_metrics=intermediate[0] if intermediate else (),
                                  evaluate_every=intermediate[1] if intermediate else 0),
             {"cpu": resources.cpu, "gpu": resources.gpu},
@@ -379,7 +415,8 @@ def _fit(
                     verbose=verbose,
                 ),
             )
-        grid = tuner.fit()
+        with quiet_tune(bool(verbose)):
+            grid = tuner.fit()
         for result in grid:
             if result.error is not None:
                 log.error("trial %s errored: %s", _spec_of(result.config).name, result.error)
@@ -437,7 +474,7 @@ class RayExecutor(Executor):
     supports_storage = True
 
     def connect(self) -> str | None:
-        self.connection = init_ray(self.address)
+        self.connection = init_ray(self.address, quiet=not self.verbose)
         return (f"Ray: {self.address or 'local'} ({self.connection.address}); dashboard: "
                 f"{self.connection.dashboard_url or 'not installed (pip install ray[default])'}")
 
