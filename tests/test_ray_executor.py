@@ -34,7 +34,7 @@ def _local_ray_without_token(monkeypatch):
 def test_local_ray_runs_two_trials_at_once_and_matches_inprocess(tmp_path):
     specs = expand(load_suite(SMOKE))
     ray_results = run_ray(specs, tmp_path / "ray", device="cpu", num_cpus=2, verbose=0)
-    local_results = run_inprocess(specs, tmp_path / "local", device="cpu", progress=False)
+    local_results = run_inprocess(specs, tmp_path / "local", device="cpu")
     assert [r.status for r in ray_results] == ["ok", "ok"]
     by_id = {r.trial_id: r for r in local_results}
     for remote in ray_results:

@@ -47,7 +47,7 @@ def tracked_run(tmp_path_factory):
     run = RunDir.create(suite, suite_file, path=root / "run")
     uri = tr.resolve_tracking_uri(None, run.path, cluster=False)
     context = tr.start_run_tracking(suite, suite_file, run.path, uri, executor="inprocess")
-    results = run_inprocess(expand(suite), run.path, device="cpu", progress=False, tracking=context)
+    results = run_inprocess(expand(suite), run.path, device="cpu", tracking=context)
     tr.finish_run_tracking(context, "FINISHED")
     assert [r.status for r in results] == ["ok"] * 4
     return run.path, uri, [m.label or m.name for m in suite.methods], bool(data["evaluation"]["metrics"])
