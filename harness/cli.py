@@ -58,14 +58,12 @@ def methods() -> None:
 @app.command()
 def metrics() -> None:
     """List registered metrics with their direction."""
-    from harness.metrics import METRICS
+    from harness.metrics.table import METRICS
 
     table = Table("name", "better", "description")
     for name in METRICS.names():
         spec = METRICS.get(name)
-        direction = "↑ higher" if spec.higher_is_better else "↓ lower"
-        better = f"{spec.target} (not ranked)" if spec.target else direction
-        table.add_row(name, better, spec.description)
+        table.add_row(name, spec.direction.text, spec.description)
     console.print(table)
 
 
@@ -384,14 +382,14 @@ def _run_on_cluster(command: str, suite, suite_file: Path, cluster_file: Path, *
 
 
 def _print_summary(run_dir: Path) -> None:
+    from harness.metrics.value import headline_values
     from harness.results import RESULT_FILE, TrialResult
 
     table = Table("trial", "status", "fit s", "final losses", "metrics")
     for path in sorted(run_dir.glob(f"trials/*/{RESULT_FILE}")):
         r = TrialResult.load(path)
         losses = " ".join(f"{k}={v:.3f}" for k, v in r.final_losses.items())
-        shown = " ".join(f"{k}={v['value']:.3g}" for k, v in r.metrics.items()  # pooled, generated only
-                         if "/" not in k and not v.get("reference") and v.get("value") is not None)
+        shown = " ".join(f"{k}={v:.3g}" for k, v in headline_values(r.metrics).items())
         if r.status == "stopped" and r.evaluations:  # what it reached: its last intermediate evaluation
             last = r.evaluations[-1]
             shown = " ".join(f"{k}={v:.3g}" for k, v in last.items() if k != "step") + f" at step {last['step']}"

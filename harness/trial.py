@@ -329,7 +329,7 @@ def run_trial(
             from harness.metrics import evaluate
 
             t0 = time.perf_counter()
-            evaluation = evaluate(spec, dataset, split, samples, device=torch_device)
+            evaluation = evaluate(spec.evaluation, dataset, split, samples, device=torch_device)
             result.metrics = evaluation.metrics
             result.provenance.update(evaluation.provenance)
             result.wall_times["evaluate_s"] = time.perf_counter() - t0
@@ -356,17 +356,15 @@ def _intermediate_evaluator(metrics: tuple[str, ...], spec: TrialSpec, dataset: 
                             model: GenerativeMethod, device: torch.device) -> Callable[[int], dict[str, float]]:
     """The final evaluation's samples (same count, same noise) and metrics, restricted to ``metrics``; their pooled
     values only (no per-class breakdown, no real-data references: those do not change during training)."""
-    from harness.metrics import evaluate
+    from harness.metrics import evaluate, headline_values
 
     evaluation = spec.evaluation.model_copy(update={"metrics": list(metrics)})
-    evaluation_spec = spec.model_copy(update={"evaluation": evaluation})
 
     def evaluate_now(done: int) -> dict[str, float]:
         with isolated_rng(device):
             samples = generate(model, spec.novel_classes, spec.evaluation.samples_per_class, spec.seed)
-            values = evaluate(evaluation_spec, dataset, split, samples, device=device).metrics
-        return {k: float(v["value"]) for k, v in values.items()
-                if v.get("value") is not None and "/" not in k and not v.get("reference")}
+            values = evaluate(evaluation, dataset, split, samples, device=device).metrics
+        return headline_values(values)
 
     return evaluate_now
 
