@@ -259,4 +259,4 @@ def direction_of(key: str, metric: str | None = None) -> Direction | None:
 
 # Registers the built-in metrics (torch-free at import: see the module docstring). Last, so that the module it
 # imports finds every name above defined.
-from harness.metrics import compute as _builtin  # noqa: E402,F401
+from harness.metrics import compute as _builtin  # noqa: F401
