@@ -57,13 +57,13 @@ def methods() -> None:
 
 @app.command()
 def metrics() -> None:
-    """List registered metrics with their direction."""
+    """List registered metrics with their direction (or target) and keys."""
     from harness.metrics.table import METRICS
 
-    table = Table("name", "better", "description")
+    table = Table("name", "better", "keys", "description")
     for name in METRICS.names():
         spec = METRICS.get(name)
-        table.add_row(name, spec.direction.text, spec.description)
+        table.add_row(name, spec.direction.text, spec.describe_keys(), spec.description)
     console.print(table)
 
 

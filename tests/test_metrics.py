@@ -206,6 +206,9 @@ def test_registry_names_directions_and_descriptions():
         "accuracy_real_only": ("accuracy", "real data (reference)"),
         "accuracy_classic_aug": ("accuracy", "classic_aug (baseline)"),
     }
+    assert memorisation.describe_keys() == ("memorisation (≈ 1) (+ /class_<c>), memorisation_close_share ↓ "
+                                            "(+ /class_<c>)")
+    assert METRICS.get("is").describe_keys() == "is ↑, is_real ↑ (reference of is)"
     with pytest.raises(UnknownNameError, match="did you mean 'fid'"):
         METRICS.get("fdi")
 

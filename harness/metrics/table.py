@@ -157,14 +157,15 @@ class MetricSpec:
     def run(self, context: Any) -> dict[str, MetricValue]:
         return self.compute(context)
 
-    def key_names(self) -> list[str]:
-        """The declared keys as documentation strings (``fid``, ``fid/class_<c>``, ...)."""
-        out = []
+    def describe_keys(self) -> str:
+        """Its keys for `harness metrics`: ``fid ↓ (+ /class_<c>), fid_real_floor ↓ (+ /class_<c>; reference of
+        fid)``."""
+        parts = []
         for key in self.keys:
-            out.append(key.name)
-            if key.per_class:
-                out.append(f"{key.name}/class_<c>")
-        return out
+            notes = [note for note in ("+ /class_<c>" if key.per_class else None,
+                                       f"reference of {key.reference_of}" if key.reference_of else None) if note]
+            parts.append(f"{key.name}{key.direction.arrow}" + (f" ({'; '.join(notes)})" if notes else ""))
+        return ", ".join(parts)
 
 
 class MetricTable:
