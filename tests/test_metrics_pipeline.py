@@ -18,13 +18,13 @@ import torch
 from harness.api import LabeledImages
 from harness.data import Dataset, DatasetConfig, load_dataset, make_split
 from harness.metrics import METRICS, evaluate, headline_values
-from harness.metrics.table import HIGHER, LOWER, direction_of, target
-from harness.metrics.value import metrics_to_json
 from harness.metrics import accuracy as accuracy_module
 from harness.metrics import evaluator as evaluator_module
 from harness.metrics import reference as reference_module
 from harness.metrics.cache import CACHE_ENV
 from harness.metrics.evaluator import DomainClassifierSettings, get_domain_classifier
+from harness.metrics.table import HIGHER, LOWER, direction_of, target
+from harness.metrics.value import metrics_to_json
 from harness.suite import EvaluationConfig, TrialSpec, expand, load_suite
 
 ROOT = Path(__file__).resolve().parents[1]

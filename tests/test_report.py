@@ -22,9 +22,9 @@ from harness import tracking as tr
 from harness.executors import run_inprocess
 from harness.metrics.value import metrics_from_json
 from harness.report import build_report, load_mlflow, load_run_dir, mean_ci
+from harness.results import TrialResult
 from harness.run import RunDir
 from harness.suite import expand, load_suite
-from harness.results import TrialResult
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "suites" / "smoke.yaml"
@@ -289,8 +289,9 @@ def test_directions_targets_and_reference_rows_come_from_the_registry(tmp_path):
     target, never bold; fid is lower-is-better whatever was stored), and the registry places the references."""
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / "suite.yaml").write_text(yaml.safe_dump({"name": "registry", "methods": [{"name": "a"}, {"name": "b"}],
-                                                        "evaluation": {"metrics": ["fid", "accuracy", "memorisation"]}}))
+    suite = {"name": "registry", "methods": [{"name": "a"}, {"name": "b"}],
+             "evaluation": {"metrics": ["fid", "accuracy", "memorisation"]}}
+    (run_dir / "suite.yaml").write_text(yaml.safe_dump(suite))
     for seed in (0, 1):
         for label, offset in (("a", 0.0), ("b", 1.0)):
             _write_trial(run_dir, label, 5, seed, {

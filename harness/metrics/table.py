@@ -33,8 +33,8 @@ if TYPE_CHECKING:
     from harness.metrics.value import MetricValue
 
 __all__ = [
-    "HIGHER", "LOWER", "METRICS", "Direction", "Key", "MetricSpec", "MetricTable", "class_key", "key_spec", "register_metric",
-    "split_class_key", "target",
+    "HIGHER", "LOWER", "METRICS", "UNKNOWN", "Direction", "Key", "MetricSpec", "MetricTable", "class_key",
+    "direction_of", "key_spec", "register_metric", "split_class_key", "target",
 ]
 
 _CLASS_SUFFIX = re.compile(r"^(?P<base>.+)/class_(?P<cls>-?\d+)$")
@@ -152,7 +152,7 @@ class MetricSpec:
         reference_of = None if key.reference_of is None else class_key(key.reference_of, label)
         return class_key(name, label), MetricValue(
             value=float(value), std=None if std is None else float(std), metric=self.name, direction=key.direction,
-            novel_class=label, reference=key.reference, reference_of=reference_of, n=n)
+            novel_class=label, reference=key.reference, reference_of=reference_of, n=None if n is None else int(n))
 
     def run(self, context: Any) -> dict[str, MetricValue]:
         return self.compute(context)

@@ -75,11 +75,9 @@ class MetricValue:
             stored = data.get("higher_is_better")
             direction = Direction(higher_is_better=None if stored is None else bool(stored))
             reference_of = data.get("reference_of") if reference else None
-        label = data.get("class")
-        n = data.get("n")
         return cls(value=value, metric=metric, direction=direction, std=_number(key, "std", data.get("std")),
-                   novel_class=None if label is None else int(label), reference=reference, reference_of=reference_of,
-                   n=None if n is None else int(n))
+                   novel_class=_integer(key, "class", data.get("class")), reference=reference,
+                   reference_of=reference_of, n=_integer(key, "n", data.get("n")))
 
 
 def _number(key: str, field: str, value: Any) -> float | None:
@@ -88,6 +86,14 @@ def _number(key: str, field: str, value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"metric {key!r}: field {field!r} must be a number, got {value!r}")
     return float(value)
+
+
+def _integer(key: str, field: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"metric {key!r}: field {field!r} must be an integer, got {value!r}")
+    return value
 
 
 def metrics_to_json(metrics: Mapping[str, MetricValue]) -> dict[str, dict[str, Any]]:
