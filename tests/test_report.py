@@ -21,7 +21,7 @@ from torchvision.utils import save_image
 from harness import tracking as tr
 from harness.executors import run_inprocess
 from harness.metrics.value import metrics_from_json
-from harness.report import build_report, load_mlflow, load_run_dir, mean_ci
+from harness.report import build_report, fmt, load_mlflow, load_run_dir, mean_ci
 from harness.results import TrialResult
 from harness.run import RunDir
 from harness.suite import expand, load_suite
@@ -334,3 +334,13 @@ def test_report_from_mlflow_reads_result_artifacts_and_skips_runs_without_one(tr
     assert sorted(data.trials.trial_id) == sorted(load_run_dir(run_dir).trials.trial_id)
     pd.testing.assert_frame_equal(data.values, load_run_dir(run_dir).values)
     assert any(orphan.info.run_id in r.getMessage() and "result.json" in r.getMessage() for r in caplog.records)
+
+
+def test_mean_ci_and_its_printed_form_against_hand_computed_values():
+    """n = 4, sd = sqrt(5/3): half-width t(0.975, 3) · sd / 2 with t = 3.182446305284263 (tables)."""
+    n, mean, ci = mean_ci([1.0, 2.0, 3.0, 4.0, float("nan"), None])  # missing values do not count
+    assert (n, mean) == (4, 2.5) and ci == pytest.approx(3.182446305284263 * math.sqrt(5 / 3) / 2)
+    assert mean_ci([]) == (0, pytest.approx(math.nan, nan_ok=True), pytest.approx(math.nan, nan_ok=True))
+    assert fmt(mean, ci) == "2.5 ± 2.1"  # decimals down to the CI's second significant digit
+    assert fmt(0.123456, 0.00123) == "0.1235 ± 0.0012"
+    assert fmt(1505.7383) == "1506" and fmt(4.0, 0.0) == "4 ± 0" and fmt(math.nan) == "–"
