@@ -96,7 +96,7 @@ def main() -> None:
     def run(seed: int, metrics: list[str] = METRICS):
         spec = make_spec(cfg, metrics, seed)
         split = make_split(dataset, BASE, NOVEL, SHOTS, seed)
-        return timed(lambda: evaluate(spec, dataset, split, samples, cache_root=root))
+        return timed(lambda: evaluate(spec.evaluation, dataset, split, samples, cache_root=root))
 
     clear_memory()
     shutil.rmtree(refs, ignore_errors=True)
@@ -134,10 +134,10 @@ def main() -> None:
     print(f"{'stage (s)':<20}" + "".join(f"{k:>19}" for k in stages))
     for name in ("cold", "warm"):
         print(f"{name:<20}" + "".join(f"{breakdown[name].get(k, 0.0):>19.3f}" for k in stages))
-    print(f"pooled: fid {result.metrics['fid']['value']:.2f} (floor {result.metrics['fid_real_floor']['value']:.2f}), "
-          f"is {result.metrics['is']['value']:.2f} (real {result.metrics['is_real']['value']:.2f}), "
-          f"kid {result.metrics['kid']['value']:.4f}, class consistency "
-          f"{result.metrics['class_consistency']['value']:.3f}")
+    print(f"pooled: fid {result.metrics['fid'].value:.2f} (floor {result.metrics['fid_real_floor'].value:.2f}), "
+          f"is {result.metrics['is'].value:.2f} (real {result.metrics['is_real'].value:.2f}), "
+          f"kid {result.metrics['kid'].value:.4f}, class consistency "
+          f"{result.metrics['class_consistency'].value:.3f}")
 
     if not args.skip_accuracy:
         clear_memory()
@@ -151,8 +151,8 @@ def main() -> None:
         print(f"  baselines computed ({res_cold.provenance['accuracy_baseline_cache']}): {t_cold:.2f} s   "
               f"baselines cached: {t_warm:.2f} s   speed-up {t_cold / t_warm:.2f}×")
         m = res_warm.metrics
-        print(f"  accuracy {m['accuracy']['value']:.3f} ± {m['accuracy']['std']:.3f}, real only "
-              f"{m['accuracy_real_only']['value']:.3f}, classic aug {m['accuracy_classic_aug']['value']:.3f}")
+        print(f"  accuracy {m['accuracy'].value:.3f} ± {m['accuracy'].std:.3f}, real only "
+              f"{m['accuracy_real_only'].value:.3f}, classic aug {m['accuracy_classic_aug'].value:.3f}")
     if args.cache_root is None:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -58,15 +58,13 @@ def methods() -> None:
 
 @app.command()
 def metrics() -> None:
-    """List registered metrics with their direction."""
-    from harness.metrics import METRICS
+    """List registered metrics with their direction (or target) and keys."""
+    from harness.metrics.table import METRICS
 
-    table = Table("name", "better", "description")
+    table = Table("name", "better", "keys", "description")
     for name in METRICS.names():
         spec = METRICS.get(name)
-        direction = "↑ higher" if spec.higher_is_better else "↓ lower"
-        better = f"{spec.target} (not ranked)" if spec.target else direction
-        table.add_row(name, better, spec.description)
+        table.add_row(name, spec.direction.text, spec.describe_keys(), spec.description)
     console.print(table)
 
 
@@ -408,6 +406,7 @@ def _run_on_cluster(command: str, suite, suite_file: Path, cluster_file: Path, *
 
 
 def _print_summary(run_dir: Path) -> None:
+    from harness.metrics.value import headline_values
     from harness.results import RESULT_FILE, TrialResult
 
     table = Table("trial", "status", "fit s", "final losses", "metrics")

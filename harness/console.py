@@ -20,7 +20,9 @@ def headline_text(result: TrialResult, limit: int = 6) -> str:
     if result.status == "stopped" and result.evaluations:
         last = result.evaluations[-1]
         return " ".join(f"{k}={v:.3g}" for k, v in last.items() if k != "step") + f" at step {last['step']}"
-    values = result.headline()
+    from harness.metrics import headline_values  # torch-free: the registry table and typed values
+
+    values = headline_values(result.metrics)
     return " ".join(f"{k}={v:.3g}" for k, v in list(values.items())[:limit])
 
 

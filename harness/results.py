@@ -1,12 +1,17 @@
 """What a trial produced, as it is written to and read from ``result.json``: the record every executor, the
-tracking, the report and the CLI share. Torch-free, so reading results stays light."""
+tracking, the report and the CLI share. Torch-free, so reading results stays light.
+
+Metric values are :class:`~harness.metrics.value.MetricValue` in memory and keep their long-standing JSON form on
+disk (plus ``reference_of``), so ``result.json`` files of earlier versions load too."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from harness.metrics.value import MetricValue, metrics_from_json, metrics_to_json
 
 if TYPE_CHECKING:
     from harness.suite import TrialSpec
@@ -22,7 +27,7 @@ class TrialResult:
     name: str
     status: str  # "ok", "failed" or "stopped" (early, by a sweep's scheduler)
     spec: dict[str, Any]
-    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    metrics: dict[str, MetricValue] = field(default_factory=dict)
     losses: list[dict[str, Any]] = field(default_factory=list)
     final_losses: dict[str, float] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -31,17 +36,42 @@ class TrialResult:
     error: str | None = None
     evaluations: list[dict[str, float]] = field(default_factory=list)  # intermediate: {"step": n, metric: value}
 
-    def headline(self) -> dict[str, float]:
-        """Pooled values of the generated samples (no per-class keys, no real-data references)."""
-        return {k: float(v["value"]) for k, v in self.metrics.items()
-                if "/" not in k and not v.get("reference") and v.get("value") is not None}
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready form (metric values as plain objects)."""
+        out = asdict(self)  # metric values become their dataclass fields here, and are replaced just below
+        out["metrics"] = metrics_to_json(self.metrics)
+        return out
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True, default=str)
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "result") -> TrialResult:
+        """The inverse of :meth:`to_dict`; ``source`` (a file name) is named in the ``ValueError`` bad input gets."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown field(s) {', '.join(unknown)}")
+        missing = sorted(f.name for f in fields(cls) if f.name not in data
+                         and f.default is MISSING and f.default_factory is MISSING)
+        if missing:
+            raise ValueError(f"{source}: missing field(s) {', '.join(missing)}")
+        try:
+            metrics = metrics_from_json(data.get("metrics") or {})
+        except ValueError as exc:
+            raise ValueError(f"{source}: {exc}") from None
+        return cls(**{**data, "metrics": metrics})
 
     @classmethod
     def load(cls, path: str | Path) -> TrialResult:
-        return cls(**json.loads(Path(path).read_text()))
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except ValueError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        return cls.from_dict(data, str(path))
 
     def write(self, trial_dir: Path) -> Path:
         trial_dir.mkdir(parents=True, exist_ok=True)

@@ -326,7 +326,7 @@ def run_trial(
             from harness.metrics import evaluate
 
             t0 = time.perf_counter()
-            evaluation = evaluate(spec, dataset, split, samples, device=torch_device)
+            evaluation = evaluate(spec.evaluation, dataset, split, samples, device=torch_device)
             result.metrics = evaluation.metrics
             result.provenance.update(evaluation.provenance)
             result.wall_times["evaluate_s"] = time.perf_counter() - t0
@@ -355,15 +355,13 @@ def _intermediate_evaluator(spec: TrialSpec, dataset: Dataset, split: FewShotSpl
     per-class breakdown, no real-data references: those do not change during training)."""
 
     def evaluate_now(metrics: tuple[str, ...]) -> dict[str, float]:
-        from harness.metrics import evaluate
+        from harness.metrics import evaluate, headline_values
 
         evaluation = spec.evaluation.model_copy(update={"metrics": list(metrics)})
         with isolated_rng(device):
             samples = generate(model, spec.novel_classes, spec.evaluation.samples_per_class, spec.seed)
-            values = evaluate(spec.model_copy(update={"evaluation": evaluation}), dataset, split, samples,
-                              device=device).metrics
-        return {k: float(v["value"]) for k, v in values.items()
-                if v.get("value") is not None and "/" not in k and not v.get("reference")}
+            values = evaluate(evaluation, dataset, split, samples, device=device).metrics
+        return headline_values(values)
 
     return evaluate_now
 

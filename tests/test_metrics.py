@@ -1,11 +1,16 @@
-"""Metric arithmetic against independent numpy/scipy computations, the registry and the evaluation config.
+"""Metric arithmetic against independent numpy/scipy computations, the registry table, typed metric values (their
+JSON form, old result files) and the evaluation config.
 
 Nothing here trains a network or loads a dataset: these tests run in well under a second each.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pydantic
@@ -13,10 +18,14 @@ import pytest
 import scipy.linalg
 import torch
 
-from harness.metrics import METRICS, check_evaluator
+from harness.metrics import METRICS, check_evaluator, headline_values
 from harness.metrics.evaluator import INCEPTION_WEIGHTS_FILE, EvaluatorUnavailableError
 from harness.metrics.fidelity import FIDELITY_SEED, fid, inception_score, kid, precision_recall
 from harness.metrics.memorisation import memorisation, nearest_distances
+from harness.metrics.table import HIGHER, LOWER, Key, direction_of, key_spec, register_metric, target
+from harness.metrics.value import MetricValue, metrics_from_json
+from harness.registry import UnknownNameError
+from harness.results import TrialResult
 from harness.suite import EvaluationConfig
 
 # ---------------------------------------------------------------------------------------------------- IS
@@ -179,11 +188,160 @@ def test_memorisation_ratio_and_close_share():
 
 def test_registry_names_directions_and_descriptions():
     assert set(METRICS.names()) == {"is", "fid", "kid", "prc", "class_consistency", "accuracy", "memorisation"}
-    lower = {name for name in METRICS.names() if not METRICS.get(name).higher_is_better}
+    lower = {name for name in METRICS.names() if METRICS.get(name).direction == LOWER}
     assert lower == {"fid", "kid"}
+    memorisation = METRICS.get("memorisation")
+    assert memorisation.direction == target("≈ 1") and not memorisation.direction.ranked
+    assert memorisation.key("memorisation_close_share").direction == LOWER  # a key's own direction
     for name in METRICS.names():
         spec = METRICS.get(name)
-        assert spec.description and spec.keys and spec.name == name
+        assert spec.description and spec.keys and spec.name == name and callable(spec.compute)
+        for key in spec.keys:  # every reference names a generator key of its own metric
+            assert key.reference_of is None or not spec.key(key.reference_of).reference, key
+    references = {k.name: (k.reference_of, k.row) for name in METRICS.names() for k in METRICS.get(name).keys
+                  if k.reference}
+    assert references == {
+        "is_real": ("is", "real data (reference)"), "fid_real_floor": ("fid", "real data (reference)"),
+        "class_consistency_real": ("class_consistency", "real data (reference)"),
+        "accuracy_real_only": ("accuracy", "real data (reference)"),
+        "accuracy_classic_aug": ("accuracy", "classic_aug (baseline)"),
+    }
+    assert memorisation.describe_keys() == ("memorisation (≈ 1) (+ /class_<c>), memorisation_close_share ↓ "
+                                            "(+ /class_<c>)")
+    assert METRICS.get("is").describe_keys() == "is ↑, is_real ↑ (reference of is)"
+    with pytest.raises(UnknownNameError, match="did you mean 'fid'"):
+        METRICS.get("fdi")
+
+
+def test_key_spec_finds_per_class_keys_from_the_declarations():
+    spec, key = key_spec("fid_real_floor/class_12")
+    assert (spec.name, key.name, key.reference_of) == ("fid", "fid_real_floor", "fid")
+    assert key_spec("is_real/class_3") is None  # is_real is pooled only: no per-class variant is declared
+    assert key_spec("accuracy_best") is None and direction_of("accuracy_best") is None
+    assert direction_of("memorisation/class_4") == target("≈ 1")
+
+
+def test_registering_a_metric_checks_its_declarations():
+    with pytest.raises(ValueError, match="reference of 'b', which it does not declare"):
+        register_metric("bad", "d", Key("a", HIGHER), Key("a_ref", HIGHER, reference_of="b"))
+    with pytest.raises(ValueError, match="has no per-class values"):
+        register_metric("bad", "d", Key("a", HIGHER), Key("a_ref", HIGHER, per_class=True, reference_of="a"))
+    with pytest.raises(ValueError, match="declares a key twice"):
+        register_metric("bad", "d", Key("a", HIGHER), Key("a", LOWER))
+    with pytest.raises(ValueError, match="already registered"):
+        register_metric("fid", "again", Key("fid", LOWER))(lambda ctx: {})
+    assert "bad" not in METRICS
+
+
+def test_measure_takes_direction_and_reference_from_the_declaration():
+    fid = METRICS.get("fid")
+    key, value = fid.measure("fid_real_floor", 2.5, label=4, n=10)
+    assert key == "fid_real_floor/class_4"
+    assert value == MetricValue(2.5, "fid", LOWER, novel_class=4, reference=True, reference_of="fid/class_4", n=10)
+    with pytest.raises(ValueError, match="not declared per_class"):
+        METRICS.get("is").measure("is_real", 1.0, label=3)
+    with pytest.raises(KeyError, match="declares no key 'fdi'"):
+        fid.measure("fdi", 1.0)
+
+
+def test_registry_table_and_results_import_no_torch():
+    """The report, the CLI and validation read the table in processes that never compute a metric."""
+    code = ("import sys, harness.metrics.table, harness.metrics, harness.results, harness.metrics.config; "
+            "from harness.metrics.table import METRICS; "
+            "print(len(METRICS.names()), 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["7", "False"]
+
+
+# ---------------------------------------------------------------------------------------------------- values
+
+
+def _old_entry(value, higher, metric, *, reference=False, label=None, std=None):
+    """A metric value as result.json files stored it before ``reference_of`` existed."""
+    return {"value": value, "std": std, "higher_is_better": higher, "metric": metric, "class": label,
+            "reference": reference, "n": 20}
+
+
+def test_metric_value_json_round_trip():
+    for value in (MetricValue(1.5, "is", HIGHER, std=0.25, n=100),
+                  MetricValue(3.0, "fid", LOWER, novel_class=3, reference=True, reference_of="fid/class_3", n=40),
+                  MetricValue(0.9, "memorisation", target("≈ 1"), novel_class=None, n=10)):
+        key = {"is": "is", "fid": "fid_real_floor/class_3", "memorisation": "memorisation"}[value.metric]
+        stored = json.loads(json.dumps(value.to_json()))
+        assert set(stored) == {"value", "std", "higher_is_better", "metric", "class", "reference", "reference_of",
+                               "n"}
+        assert MetricValue.from_json(key, stored) == value
+    assert MetricValue(0.9, "memorisation", target("≈ 1")).to_json()["higher_is_better"] is None
+
+
+def test_old_format_values_take_reference_of_and_direction_from_the_registry():
+    old = {
+        "fid_real_floor/class_3": _old_entry(3.0, False, "fid", reference=True, label=3),
+        "accuracy_classic_aug": _old_entry(0.6, True, "accuracy", reference=True),
+        "memorisation": _old_entry(0.95, True, "memorisation"),  # stored as higher-is-better before the target
+        "fid": _old_entry(12.0, True, "fid"),  # a wrong stored flag: the registry says lower is better
+        # not registered: the stored flag is all there is, and the name's spelling is not evidence of anything
+        "score_real": _old_entry(0.1, False, "score", reference=True),
+    }
+    values = metrics_from_json(old)
+    assert values["fid_real_floor/class_3"].reference_of == "fid/class_3"
+    assert values["accuracy_classic_aug"].reference_of == "accuracy"
+    assert values["memorisation"].direction == target("≈ 1")
+    assert values["fid"].direction == LOWER
+    assert values["score_real"].reference and values["score_real"].reference_of is None
+    assert values["score_real"].direction == LOWER
+
+
+def test_bad_metric_values_are_named():
+    with pytest.raises(ValueError, match=r"metric 'fid': field 'value' must be a number, got 'x'"):
+        MetricValue.from_json("fid", {**_old_entry(1.0, False, "fid"), "value": "x"})
+    with pytest.raises(ValueError, match=r"metric 'fid': field 'value' is missing or null"):
+        MetricValue.from_json("fid", {"metric": "fid"})
+    with pytest.raises(ValueError, match=r"metric 'fid': unknown field\(s\) higher"):
+        MetricValue.from_json("fid", {**_old_entry(1.0, False, "fid"), "higher": True})
+    with pytest.raises(ValueError, match=r"metric 'fid/class_3': field 'class' must be an integer, got '3'"):
+        MetricValue.from_json("fid/class_3", {**_old_entry(1.0, False, "fid"), "class": "3"})
+    with pytest.raises(ValueError, match="must be a reference"):
+        MetricValue(1.0, "fid", LOWER, reference_of="fid")
+
+
+def test_trial_result_keeps_the_on_disk_format_and_loads_old_files(tmp_path):
+    fid = METRICS.get("fid")
+    metrics = dict([fid.measure("fid", 10.0, n=5), fid.measure("fid_real_floor", 2.0, n=5)])
+    result = TrialResult("abc", "m-5shot-seed0", "ok", {"label": "m"}, metrics=metrics)
+    path = result.write(tmp_path / "new")
+    on_disk = json.loads(path.read_text())["metrics"]
+    assert on_disk["fid_real_floor"] == {"value": 2.0, "std": None, "higher_is_better": False, "metric": "fid",
+                                         "class": None, "reference": True, "reference_of": "fid", "n": 5}
+    assert TrialResult.load(path) == result
+    old = json.loads(path.read_text())
+    for entry in old["metrics"].values():
+        del entry["reference_of"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert TrialResult.load(tmp_path / "old.json") == result
+    old["metrics"]["fid"]["value"] = None
+    (tmp_path / "bad.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match=r"bad.json: metric 'fid': field 'value' is missing or null"):
+        TrialResult.load(tmp_path / "bad.json")
+    (tmp_path / "extra.json").write_text(json.dumps({**old, "metrics": {}, "colour": "red"}))
+    with pytest.raises(ValueError, match=r"extra.json: unknown field\(s\) colour"):
+        TrialResult.load(tmp_path / "extra.json")
+
+
+def test_headline_values_are_pooled_generator_values_in_order():
+    metrics = metrics_from_json({
+        "kid": _old_entry(0.5, False, "kid"),
+        "fid/class_3": _old_entry(11.0, False, "fid", label=3),
+        "fid": _old_entry(10.0, False, "fid"),
+        "fid_real_floor": _old_entry(2.0, False, "fid", reference=True),
+        "is_real": _old_entry(4.0, True, "is", reference=True),
+        "memorisation": _old_entry(math.nan, True, "memorisation"),
+    })
+    headline = headline_values(metrics)
+    assert list(headline) == ["kid", "fid", "memorisation"]
+    assert headline["kid"] == 0.5 and headline["fid"] == 10.0 and math.isnan(headline["memorisation"])
 
 
 def test_evaluation_config_defaults_and_strictness():

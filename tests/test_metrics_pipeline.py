@@ -17,12 +17,14 @@ import torch
 
 from harness.api import LabeledImages
 from harness.data import Dataset, DatasetConfig, load_dataset, make_split
-from harness.metrics import METRICS, evaluate
+from harness.metrics import METRICS, evaluate, headline_values
 from harness.metrics import accuracy as accuracy_module
 from harness.metrics import evaluator as evaluator_module
 from harness.metrics import reference as reference_module
 from harness.metrics.cache import CACHE_ENV
 from harness.metrics.evaluator import DomainClassifierSettings, get_domain_classifier
+from harness.metrics.table import HIGHER, LOWER, direction_of, target
+from harness.metrics.value import metrics_to_json
 from harness.suite import EvaluationConfig, TrialSpec, expand, load_suite
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,7 +178,7 @@ def test_evaluate_end_to_end_on_the_smoke_suite(cache, evaluator, mnist, smoke_s
     samples = _unseen_real(mnist, split, spec.evaluation.samples_per_class)
     samples = LabeledImages((samples.images + 0.1 * torch.randn(samples.images.shape, generator=g)).clamp(0, 1),
                             samples.labels)
-    result = evaluate(spec, mnist, split, samples, device=torch.device("cpu"), evaluator_settings=TINY)
+    result = evaluate(spec.evaluation, mnist, split, samples, device=torch.device("cpu"), evaluator_settings=TINY)
 
     expected = {"is", "is_real", "fid", "fid_real_floor", "kid", "precision", "recall", "f_score", "class_consistency",
                 "class_consistency_real", "accuracy", "accuracy_real_only", "accuracy_classic_aug", "memorisation",
@@ -186,27 +188,36 @@ def test_evaluate_end_to_end_on_the_smoke_suite(cache, evaluator, mnist, smoke_s
                                                    "class_consistency", "memorisation", "memorisation_close_share")}
     assert set(result.metrics) == expected
     for key, v in result.metrics.items():
-        assert math.isfinite(v["value"]), key
-        assert v["std"] is None or math.isfinite(v["std"]), key
-        assert v["metric"] in METRICS and isinstance(v["higher_is_better"], bool), key
-    json.dumps(result.metrics, allow_nan=False)  # what the trial writes
-    assert result.metrics["is"]["std"] is not None and result.metrics["accuracy"]["std"] is not None
-    assert not result.metrics["fid"]["higher_is_better"] and result.metrics["is"]["higher_is_better"]
-    assert result.metrics["fid_real_floor"]["reference"] and not result.metrics["fid"]["reference"]
-    assert 1.0 <= result.metrics["is"]["value"] <= 10 + 1e-9  # over the evaluator's 10 classes
+        assert math.isfinite(v.value), key
+        assert v.std is None or math.isfinite(v.std), key
+        assert v.metric in METRICS and v.direction in (HIGHER, LOWER, target("≈ 1")), key
+        assert (v.novel_class is None) == ("/" not in key), key
+    json.dumps(metrics_to_json(result.metrics), allow_nan=False)  # what the trial writes
+    m = result.metrics
+    assert m["is"].std is not None and m["accuracy"].std is not None
+    assert m["fid"].direction == LOWER and m["is"].direction == HIGHER
+    assert m["memorisation"].direction == target("≈ 1") and m["memorisation_close_share"].direction == LOWER
+    assert m["fid_real_floor"].reference and not m["fid"].reference
+    assert m["fid_real_floor/class_3"].reference_of == "fid/class_3" and m["is_real"].reference_of == "is"
+    assert {k for k, v in m.items() if v.reference} == {"is_real", "fid_real_floor", "class_consistency_real",
+                                                        "accuracy_real_only", "accuracy_classic_aug",
+                                                        *(f"fid_real_floor/class_{c}" for c in spec.novel_classes)}
+    assert set(headline_values(m)) == {"is", "fid", "kid", "precision", "recall", "f_score", "class_consistency",
+                                       "accuracy", "memorisation", "memorisation_close_share"}
+    assert 1.0 <= result.metrics["is"].value <= 10 + 1e-9  # over the evaluator's 10 classes
     p = result.provenance
     assert p["evaluator"] == "domain_classifier" and p["evaluator_hash"] == evaluator.hash
     assert p["evaluator_test_accuracy"] == evaluator.test_accuracy
     assert p["reference_cache"] in ("miss", "disk", "memory") and p["accuracy_baseline_cache"] == "miss"
 
-    again = evaluate(spec, mnist, split, samples, evaluator_settings=TINY)
+    again = evaluate(spec.evaluation, mnist, split, samples, evaluator_settings=TINY)
     assert again.provenance["reference_cache"] == "memory"
     assert again.provenance["accuracy_baseline_cache"] == "memory"
     assert again.metrics == result.metrics  # deterministic
 
     reference_module.clear_memory_cache()
     accuracy_module.clear_memory_cache()
-    third = evaluate(_with_evaluation(spec, metrics=["fid", "accuracy"]), mnist, split, samples,
+    third = evaluate(_with_evaluation(spec, metrics=["fid", "accuracy"]).evaluation, mnist, split, samples,
                      evaluator_settings=TINY)
     assert third.provenance["reference_cache"] == "disk"
     assert third.provenance["accuracy_baseline_cache"] == "disk"
@@ -218,7 +229,7 @@ def test_evaluate_rejects_samples_of_other_classes(cache, evaluator, mnist, smok
     spec = _with_evaluation(smoke_spec, metrics=["fid"])
     split = _split(mnist, spec)
     with pytest.raises(ValueError, match="novel classes"):
-        evaluate(spec, mnist, split, mnist.test.of_class(3), evaluator_settings=TINY)
+        evaluate(spec.evaluation, mnist, split, mnist.test.of_class(3), evaluator_settings=TINY)
 
 
 def test_reference_features_are_extracted_once_per_split(cache, evaluator, mnist, smoke_spec, monkeypatch):
@@ -233,9 +244,9 @@ def test_reference_features_are_extracted_once_per_split(cache, evaluator, mnist
 
     monkeypatch.setattr(evaluator_module.Evaluator, "extract", spy)
     samples = _unseen_real(mnist, split, 30)
-    first = evaluate(spec, mnist, split, samples, evaluator_settings=TINY)
+    first = evaluate(spec.evaluation, mnist, split, samples, evaluator_settings=TINY)
     n_first = len(extracted)
-    second = evaluate(spec, mnist, split, samples, evaluator_settings=TINY)
+    second = evaluate(spec.evaluation, mnist, split, samples, evaluator_settings=TINY)
     assert n_first == 3  # held-out, shots, samples
     assert extracted[n_first:] == [len(samples)]  # the second trial extracts only its samples
     assert (first.provenance["reference_cache"], second.provenance["reference_cache"]) == ("miss", "memory")
@@ -248,12 +259,12 @@ def test_reference_features_are_extracted_once_per_split(cache, evaluator, mnist
 def test_class_consistency_of_right_and_wrong_labels(cache, evaluator, mnist, smoke_spec):
     spec = _with_evaluation(smoke_spec, metrics=["class_consistency"])
     split = _split(mnist, spec)
-    right = evaluate(spec, mnist, split, split.heldout, evaluator_settings=TINY).metrics
-    assert right["class_consistency"]["value"] == right["class_consistency_real"]["value"] > 0.8
+    right = evaluate(spec.evaluation, mnist, split, split.heldout, evaluator_settings=TINY).metrics
+    assert right["class_consistency"].value == right["class_consistency_real"].value > 0.8
     swapped = LabeledImages(split.heldout.images, 7 - split.heldout.labels)  # 3 <-> 4
-    wrong = evaluate(spec, mnist, split, swapped, evaluator_settings=TINY).metrics
-    assert wrong["class_consistency"]["value"] < 0.2
-    assert wrong["class_consistency/class_3"]["value"] < 0.2
+    wrong = evaluate(spec.evaluation, mnist, split, swapped, evaluator_settings=TINY).metrics
+    assert wrong["class_consistency"].value < 0.2
+    assert wrong["class_consistency/class_3"].value < 0.2
 
 
 # --------------------------------------------------------------------------------------------- memorisation
@@ -268,14 +279,14 @@ def test_memorisation_flags_copied_shots_not_unseen_real_images(cache, evaluator
     copies = LabeledImages(
         (shots.images.repeat_interleave(reps, 0) + 0.03 * torch.randn(len(shots) * reps, 1, 28, 28, generator=g))
         .clamp(0, 1), shots.labels.repeat_interleave(reps))
-    copied = evaluate(spec, mnist, split, copies, evaluator_settings=TINY).metrics
-    unseen = evaluate(spec, mnist, split, _unseen_real(mnist, split, 60), evaluator_settings=TINY).metrics
-    assert copied["memorisation"]["value"] < 0.4, copied["memorisation"]
-    assert copied["memorisation_close_share"]["value"] > 0.6
+    copied = evaluate(spec.evaluation, mnist, split, copies, evaluator_settings=TINY).metrics
+    unseen = evaluate(spec.evaluation, mnist, split, _unseen_real(mnist, split, 60), evaluator_settings=TINY).metrics
+    assert copied["memorisation"].value < 0.4, copied["memorisation"]
+    assert copied["memorisation_close_share"].value > 0.6
     for c in spec.novel_classes:
-        assert copied[f"memorisation/class_{c}"]["value"] < 0.4
-    assert 0.7 < unseen["memorisation"]["value"] < 1.4, unseen["memorisation"]
-    assert unseen["memorisation_close_share"]["value"] < 0.2
+        assert copied[f"memorisation/class_{c}"].value < 0.4
+    assert 0.7 < unseen["memorisation"].value < 1.4, unseen["memorisation"]
+    assert unseen["memorisation_close_share"].value < 0.2
 
 
 # --------------------------------------------------------------------------------------------- downstream accuracy
@@ -336,7 +347,7 @@ def test_run_trial_records_every_metric_with_direction(cache, mnist, smoke_spec,
     assert stored.status == "ok"
     assert {"fid", "is", "kid", "precision", "class_consistency", "accuracy", "memorisation"} <= set(stored.metrics)
     for key, v in stored.metrics.items():
-        assert math.isfinite(v["value"]) and isinstance(v["higher_is_better"], bool), key
+        assert math.isfinite(v.value) and direction_of(key) is not None and v.direction == direction_of(key), key
     assert stored.provenance["evaluator"] == "domain_classifier"
     assert stored.provenance["evaluator_test_accuracy"] >= 0.97
     assert stored.provenance["reference_cache"] == "miss"

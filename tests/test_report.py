@@ -1,5 +1,6 @@
 """Comparison reports: from a real (tracked) smoke run directory, the same report from MLflow, the HTML in headless
-Chromium, and the statistics and layout on constructed results (CIs, reference rows, directions, failures, sweeps)."""
+Chromium, and the statistics and layout on constructed results (CIs, reference rows, directions and targets from the
+metric registry, failures, sweeps)."""
 
 from __future__ import annotations
 
@@ -19,10 +20,11 @@ from torchvision.utils import save_image
 
 from harness import tracking as tr
 from harness.executors import run_inprocess
-from harness.report import build_report, load_mlflow, load_run_dir, mean_ci
+from harness.metrics.value import metrics_from_json
+from harness.report import build_report, fmt, load_mlflow, load_run_dir, mean_ci
+from harness.results import TrialResult
 from harness.run import RunDir
 from harness.suite import expand, load_suite
-from harness.results import TrialResult
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "suites" / "smoke.yaml"
@@ -79,7 +81,7 @@ def test_report_from_a_run_directory_has_every_method_row(tracked_run):
         assert all("±" in cell for r in rows if not r[0].startswith("*") for cell in r[1:] if cell), rows
     if has_metrics:
         header = next(line for line in readme.splitlines() if line.startswith("| method | accuracy"))
-        assert "accuracy ↑" in header  # direction from the stored higher_is_better
+        assert "accuracy ↑" in header  # direction from the registry
         refs = [r[0] for r in _table_rows(readme, "Metrics, 5 shots") if r[0].startswith("*")]
         assert refs == ["*real data (reference)*", "*classic_aug (baseline)*"]
     samples = _table_rows(readme, "Samples, 5 shots")
@@ -177,7 +179,8 @@ def _write_trial(run_dir: Path, label: str, shots: int, seed: int, metrics: dict
     trial_id = f"{label}{shots}{seed}".ljust(12, "0")[:12]
     name = f"{label}-{shots}shot-seed{seed}"
     spec = {"label": label, "method": label, "shots": shots, "seed": seed, "novel_classes": [3, 4]}
-    result = TrialResult(trial_id, name, status, spec, metrics=metrics, final_losses={"loss_g": 1.0 + seed},
+    result = TrialResult(trial_id, name, status, spec, metrics=metrics_from_json(metrics),
+                         final_losses={"loss_g": 1.0 + seed},
                          provenance={"data_source": "embedded:test", "split_hash": f"split{shots}{seed}",
                                      "evaluator": "domain_classifier", "evaluator_test_accuracy": 0.98},
                          wall_times={"fit_s": 2.0 + seed, "total_s": 3.0}, error=error)
@@ -189,6 +192,7 @@ def _write_trial(run_dir: Path, label: str, shots: int, seed: int, metrics: dict
 
 
 def _value(v, higher, *, reference=False, metric=None, std=None):
+    """A metric value in the result.json form written before ``reference_of`` existed."""
     return {"value": v, "std": std, "higher_is_better": higher, "reference": reference, "metric": metric}
 
 
@@ -278,3 +282,65 @@ def test_report_of_an_unknown_source_explains_what_is_missing(tmp_path, monkeypa
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(ValueError, match="not a run directory"):
         build_report(tmp_path / "nothing-here")
+
+
+def test_directions_targets_and_reference_rows_come_from_the_registry(tmp_path):
+    """Old-format results whose stored flags disagree with the registry: the registry wins (memorisation is a
+    target, never bold; fid is lower-is-better whatever was stored), and the registry places the references."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    suite = {"name": "registry", "methods": [{"name": "a"}, {"name": "b"}],
+             "evaluation": {"metrics": ["fid", "accuracy", "memorisation"]}}
+    (run_dir / "suite.yaml").write_text(yaml.safe_dump(suite))
+    for seed in (0, 1):
+        for label, offset in (("a", 0.0), ("b", 1.0)):
+            _write_trial(run_dir, label, 5, seed, {
+                "fid": _value(10.0 + offset + seed, True, metric="fid"),  # wrong flag: the registry says ↓
+                "memorisation": _value(0.5 + offset / 4 + seed / 10, True, metric="memorisation"),
+                "accuracy": _value(0.6 + offset / 10, True, metric="accuracy"),
+                "accuracy_real_only": _value(0.5, True, reference=True, metric="accuracy"),
+                "accuracy_classic_aug": _value(0.55, True, reference=True, metric="accuracy"),
+            })
+    readme = (build_report(run_dir) / "README.md").read_text()
+    header = next(line for line in readme.splitlines() if line.startswith("| method | fid"))
+    assert [c.strip() for c in header.strip("|").split(" | ")][1:] == ["fid ↓", "accuracy ↑", "memorisation (≈ 1)"]
+    a, b, real, classic = _table_rows(readme, "Metrics, 5 shots")
+    assert a[1] == "**10.5 ± 6.4**" and b[1] == "11.5 ± 6.4"  # the lower mean is the best
+    assert b[2].startswith("**") and not a[2].startswith("**")
+    assert not any(row[3].startswith("**") for row in (a, b))  # a target is not ranked
+    assert (real[0], real[2]) == ("*real data (reference)*", "0.5 ± 0")
+    assert (classic[0], classic[2]) == ("*classic_aug (baseline)*", "0.55 ± 0")
+    assert "(≈ 1) per class" not in readme  # no per-class memorisation was stored
+
+
+def test_report_from_mlflow_reads_result_artifacts_and_skips_runs_without_one(tracked_run, tmp_path, caplog):
+    """A child run without result.json (a trial killed before it wrote one) is left out with a warning; the other
+    trials come from their artifacts, not from params and tags (here emptied of the harness's metadata)."""
+    run_dir, uri, _, _ = tracked_run
+    store = tmp_path / "mlflow.db"
+    shutil.copy(run_dir / tr.DB_FILE, store)
+    copy_uri = f"sqlite:///{store}"
+    client = tr.client_for(copy_uri)
+    parent = client.search_runs([client.get_experiment_by_name("smoke").experiment_id],
+                                f"tags.`{tr.KIND_TAG}` = 'suite'")[0]
+    children = tr.child_runs(client, tr.TrackingContext(copy_uri, parent.info.experiment_id, parent.info.run_id))
+    for child in children:
+        for key in child.data.tags:
+            if key.startswith("harness.") and key != tr.KIND_TAG:
+                client.delete_tag(child.info.run_id, key)
+    orphan = client.create_run(parent.info.experiment_id, tags={tr.PARENT_TAG: parent.info.run_id}, run_name="orphan")
+    with caplog.at_level("WARNING", logger="harness.report.load"):
+        data = load_mlflow("smoke", copy_uri)
+    assert sorted(data.trials.trial_id) == sorted(load_run_dir(run_dir).trials.trial_id)
+    pd.testing.assert_frame_equal(data.values, load_run_dir(run_dir).values)
+    assert any(orphan.info.run_id in r.getMessage() and "result.json" in r.getMessage() for r in caplog.records)
+
+
+def test_mean_ci_and_its_printed_form_against_hand_computed_values():
+    """n = 4, sd = sqrt(5/3): half-width t(0.975, 3) · sd / 2 with t = 3.182446305284263 (tables)."""
+    n, mean, ci = mean_ci([1.0, 2.0, 3.0, 4.0, float("nan"), None])  # missing values do not count
+    assert (n, mean) == (4, 2.5) and ci == pytest.approx(3.182446305284263 * math.sqrt(5 / 3) / 2)
+    assert mean_ci([]) == (0, pytest.approx(math.nan, nan_ok=True), pytest.approx(math.nan, nan_ok=True))
+    assert fmt(mean, ci) == "2.5 ± 2.1"  # decimals down to the CI's second significant digit
+    assert fmt(0.123456, 0.00123) == "0.1235 ± 0.0012"
+    assert fmt(1505.7383) == "1506" and fmt(4.0, 0.0) == "4 ± 0" and fmt(math.nan) == "–"

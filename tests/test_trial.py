@@ -224,7 +224,7 @@ def test_intermediate_evaluations_leave_the_training_unchanged(tmp_path, smoke):
                           callbacks=[IntermediateEvaluation(("fid",), 2), recorder])
     assert evaluated.status == plain.status == "ok"
     assert evaluated.losses == plain.losses
-    assert evaluated.metrics["fid"]["value"] == plain.metrics["fid"]["value"]
+    assert evaluated.metrics["fid"].value == plain.metrics["fid"].value
     # none after the last step: the final evaluation is that one
     reports = [c[1] for c in recorder.calls if c[0] == "evaluation"]
     assert [e["step"] for e in evaluated.evaluations] == [2, 4, 6] == reports
@@ -233,7 +233,7 @@ def test_intermediate_evaluations_leave_the_training_unchanged(tmp_path, smoke):
     # checkpoints still every 4 steps (after steps 0-3 and 4-7), not at every evaluation; at step 4 after it
     events = [c[0] for c in recorder.calls if c[0] in ("evaluation", "checkpoint")]
     assert events == ["evaluation", "evaluation", "checkpoint", "evaluation", "checkpoint"]
-    assert len({e["fid"] for e in evaluated.evaluations} | {plain.metrics["fid"]["value"]}) == 4
+    assert len({e["fid"] for e in evaluated.evaluations} | {plain.metrics["fid"].value}) == 4
     assert TrialResult.load(trial_dir_for(tmp_path / "evaluated", spec) / "result.json").evaluations == \
         evaluated.evaluations
 

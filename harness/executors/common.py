@@ -26,5 +26,6 @@ def prepare(specs: list[TrialSpec], device: str = "auto") -> dict[str, Dataset]:
         if key not in datasets:
             datasets[key] = load_dataset(spec.dataset)
     if specs:
-        prepare_evaluators(specs, datasets, resolve_device(device, specs[0].resources.gpu))
+        prepare_evaluators([(s.evaluation, datasets[dataset_key(s)]) for s in specs],
+                           resolve_device(device, specs[0].resources.gpu))
     return datasets

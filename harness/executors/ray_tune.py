@@ -58,7 +58,7 @@ EVENTS_KEY = "harness_events"  # a trial's hook calls (JSON), for the driver's t
 
 
 def _flat_metrics(result: TrialResult) -> dict[str, float]:
-    return {k: float(v["value"]) for k, v in result.metrics.items() if v.get("value") is not None}
+    return {k: v.value for k, v in result.metrics.items()}
 
 
 def _spec_of(config: dict[str, Any]) -> TrialSpec:
@@ -72,7 +72,7 @@ def _previous_result(trial_dir: Path, storage: RunStorage | None) -> TrialResult
     """The result a finished earlier invocation left (in shared storage if given: this node may never have seen it)."""
     if storage is not None:
         text = storage.read_text(f"trials/{trial_dir.name}/{RESULT_FILE}")
-        return TrialResult(**json.loads(text)) if text else None
+        return TrialResult.from_dict(json.loads(text), f"trials/{trial_dir.name}/{RESULT_FILE}") if text else None
     path = trial_dir / RESULT_FILE
     return TrialResult.load(path) if path.exists() else None
 

@@ -32,7 +32,7 @@ from harness.metrics.cache import cache_dir, file_lock, read_json, read_tensors,
 
 if TYPE_CHECKING:
     from harness.data import Dataset
-    from harness.suite import EvaluationConfig
+    from harness.metrics.config import EvaluationConfig
 
 log = logging.getLogger(__name__)
 

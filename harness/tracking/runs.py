@@ -451,12 +451,10 @@ class TrialTracker:
         now = int(time.time() * 1000)
         step = max((int(r.get("step", 0)) for r in result.losses), default=0)
         metrics = []
-        for key, entry in result.metrics.items():
-            if not isinstance(entry, dict) or entry.get("value") is None:
-                continue
-            metrics.append(Metric(mlflow_key(key), float(entry["value"]), now, step))
-            if entry.get("std") is not None:
-                metrics.append(Metric(mlflow_key(key) + "_std", float(entry["std"]), now, step))
+        for key, value in result.metrics.items():
+            metrics.append(Metric(mlflow_key(key), value.value, now, step))
+            if value.std is not None:
+                metrics.append(Metric(mlflow_key(key) + "_std", value.std, now, step))
         metrics += [Metric(mlflow_key(f"final/{k}"), float(v), now, step) for k, v in result.final_losses.items()]
         metrics += [Metric(mlflow_key(f"time/{k}"), float(v), now, step)
                     for k, v in result.wall_times.items() if k.endswith("_s")]

@@ -1,0 +1,450 @@
+"""The report builder: :class:`ReportData` (two DataFrames) → sections of tables, figures and image grids.
+
+Content, per shots setting: methods × metrics as mean ± 95 % CI over seeds (Student t; n = 1 has no interval and
+says so), each key marked with its registry direction (↑/↓) or target (≈ 1, never ranked), the best method bold;
+reference rows — values the registry declares as the reference of a generator key (real-data IS ceiling,
+real-vs-real FID floor, the real-only and classic-augmentation accuracy baselines) — under the methods, in that key's
+column; per-class tables; bar charts with CIs; metric vs shots when several shots ran; a sample grid per method ×
+novel class (seed 0, else the lowest seed); final losses and fit times; failed trials with their errors; the sweep
+section (:mod:`harness.report.sweep`); a provenance footer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pandas as pd
+
+from harness.metrics.table import UNKNOWN, Direction, key_spec, split_class_key
+from harness.report.images import figure_png, split_rows, subplots
+from harness.report.load import ReportData
+from harness.report.model import Cell, Figure, ImageGrid, Row, Section, Table, Text, slug
+from harness.report.statistics import fmt, mean_ci
+from harness.report.sweep import sweep_section
+
+__all__ = ["TIME_KEYS", "Report"]
+
+TIME_KEYS = ("fit_s", "sample_s", "evaluate_s", "total_s")
+
+
+def _ranked_arrow(direction: Direction | None) -> str:
+    """Figure titles mark ranked directions only (a target is spelled out in the tables' headers)."""
+    return direction.arrow if direction is not None and direction.ranked else ""
+
+
+class Report:
+    """Turns :class:`ReportData` into sections of tables, figures and image grids."""
+
+    def __init__(self, data: ReportData) -> None:
+        self.data = data
+        trials = data.trials.copy()
+        # several trials of one method at the same shots and seed (a sweep's samples) are rows of their own
+        clash = trials.duplicated(["label", "shots", "seed"], keep=False)
+        trials["base_label"] = trials["label"]
+        trials.loc[clash, "label"] = _distinguishing_labels(trials[clash])
+        self.trials = trials
+        self.ok = trials[trials.status == "ok"]
+        self.values = data.values.merge(trials[["trial_id", "label", "shots", "seed", "status"]], on="trial_id")
+        self.values = self.values[self.values.status == "ok"]
+        suite_methods = [m.get("label") or m.get("name") for m in self.data.suite.get("methods", [])]
+        rank = {m: i for i, m in enumerate(suite_methods)}
+        pairs = trials.drop_duplicates("label")[["label", "base_label"]].itertuples(index=False)
+        self.labels = [label for label, base in sorted(pairs, key=lambda p: (rank.get(p[1], len(rank)), p[1], p[0]))]
+        self.shots = sorted(self.trials.shots.unique().tolist())
+        order = self.data.suite.get("evaluation", {}).get("metrics", []) or []
+        self.metric_order = {name: i for i, name in enumerate(order)}
+
+    # -- helpers
+    def _stats(self, frame: pd.DataFrame, per_seed: bool = False) -> tuple[int, float, float]:
+        if per_seed:  # reference values depend on the split (seed), not the method: one per seed
+            frame = frame.groupby("seed", as_index=False)["value"].first()
+        return mean_ci(frame["value"].tolist())
+
+    def _metric_keys(self) -> pd.DataFrame:
+        """One row per metric key: base key, class (None: pooled), direction, reference, the key it is the reference
+        of and its reference row (both from the registry's declarations), registry metric."""
+        m = self.values[self.values.kind == "metric"]
+        rows = []
+        for key, group in m.groupby("key", sort=False):
+            base, label = split_class_key(key)
+            directions = set(group.direction.dropna())
+            metric = group.metric.dropna().iloc[0] if group.metric.notna().any() else key
+            references = group.reference_of.dropna()
+            declared = key_spec(key, metric)
+            rows.append({"key": key, "base": base, "class": label,
+                         "direction": directions.pop() if len(directions) == 1 else UNKNOWN,
+                         "reference": bool(group.reference.any()),
+                         "reference_of": references.iloc[0] if len(references) else None,
+                         "row": declared[1].row if declared is not None else None, "metric": metric})
+        frame = pd.DataFrame(rows, columns=["key", "base", "class", "direction", "reference", "reference_of", "row",
+                                            "metric"])
+        if frame.empty:
+            return frame
+        frame["order"] = [self.metric_order.get(m, len(self.metric_order)) for m in frame.metric]
+        return frame.sort_values(["order", "base", "key"], kind="stable").reset_index(drop=True)
+
+    def _layout(self, keys: pd.DataFrame) -> tuple[list[str], dict[str, tuple[str, str]]]:
+        """Columns (generator-metric keys) and, for each pooled reference key, (column, reference row)."""
+        pooled = keys[keys["class"].isna()]
+        columns = pooled[~pooled.reference].key.tolist()
+        return columns, self._place_references(pooled[pooled.reference], columns, grow=True)
+
+    @staticmethod
+    def _place_references(references: pd.DataFrame, columns: list[str], *,
+                          grow: bool) -> dict[str, tuple[str, str]]:
+        """(column, row) of each reference key: the column of the key the registry says it is the reference of,
+        in its declared row ("real data (reference)", "<name> (baseline)"). A reference no registered metric
+        places (or a second one for the same cell) gets a column of its own when ``grow`` (appended to
+        ``columns``), else is left out."""
+        placement: dict[str, tuple[str, str]] = {}
+        taken: set[tuple[str, str]] = set()
+        for ref in references.itertuples():
+            column, row = ref.reference_of, ref.row
+            if column not in columns or row is None or (column, row) in taken:
+                if not grow:
+                    continue
+                column, row = ref.key, "reference"
+                columns.append(column)
+            taken.add((column, row))
+            placement[ref.key] = (column, row)
+        return placement
+
+    def _table(self, tid: str, title: str, shots: int, columns: list[tuple[str, str, Direction | None]],
+               kind: str, refs: dict[str, tuple[str, str]] | None = None) -> Table | None:
+        """Rows = methods (+ reference rows); ``columns`` = (value key, header, direction: the best method of a
+        ranked direction is bold)."""
+        v = self.values[(self.values.shots == shots) & (self.values.kind == kind)]
+        if v.empty or not columns:
+            return None
+        rows, single = [], False
+        stats: dict[tuple[str, str], tuple[int, float, float]] = {}
+        for label in self.labels:
+            for key, _, _ in columns:
+                frame = v[(v.label == label) & (v.key == key) & ~v.reference]
+                if not frame.empty:
+                    stats[label, key] = self._stats(frame)
+        best: dict[str, float] = {}
+        for key, _, direction in columns:
+            means = [stats[label, key][1] for label in self.labels if (label, key) in stats]
+            means = [m for m in means if not math.isnan(m)]
+            if direction is not None and direction.ranked and len(means) > 1:
+                best[key] = max(means) if direction.higher_is_better else min(means)
+        for label in self.labels:
+            if not any((label, key) in stats for key, _, _ in columns):
+                continue
+            cells = []
+            for key, _, _ in columns:
+                n, mean, ci = stats.get((label, key), (0, math.nan, math.nan))
+                single |= n == 1
+                cells.append(Cell(fmt(mean, ci), bold=key in best and mean == best[key],
+                                  title=f"{key}: n={n}" if n else None))
+            rows.append(Row(label, cells))
+        ref_rows: dict[str, dict[str, Cell]] = {}
+        for ref_key, (column, row_name) in (refs or {}).items():
+            frame = v[(v.key == ref_key) & v.reference]
+            if frame.empty:
+                continue
+            n, mean, ci = self._stats(frame, per_seed=True)
+            single |= n == 1
+            ref_rows.setdefault(row_name, {})[column] = Cell(fmt(mean, ci), title=f"{ref_key}: n={n} seeds")
+        for row_name, cells in sorted(ref_rows.items(), key=lambda item: (not item[0].startswith("real"), item[0])):
+            rows.append(Row(row_name, [cells.get(key, Cell("")) for key, _, _ in columns], kind="reference"))
+        if not rows:
+            return None
+        notes = ["mean ± 95 % confidence interval over seeds (Student t); **bold** = best method "
+                 "(↑ higher is better, ↓ lower is better)."]
+        if single:
+            notes.append("n = 1 seed: no confidence interval (a single value is shown).")
+        if ref_rows:
+            used = sorted(k for k, (_, r) in (refs or {}).items() if r in ref_rows)
+            notes.append("reference rows describe real data or a baseline, not a generator: " + ", ".join(
+                f"`{k}` in column `{refs[k][0]}`" for k in used) + ".")
+        return Table(tid, title, ["method", *[h for _, h, _ in columns]], rows, notes)
+
+    # -- sections
+    def sections(self) -> list[Section]:
+        keys = self._metric_keys()
+        out = [self._overview(keys)]
+        for shots in self.shots:
+            out.append(self._shots_section(shots, keys))
+        if len(self.shots) > 1 and not keys.empty:
+            figure = self._vs_shots_figure(keys)
+            if figure is not None:
+                out.append(Section("Metrics vs shots", [figure]))
+        failed = self._failed()
+        if failed is not None:
+            out.append(Section("Failed trials", [failed]))
+        out.append(Section("Trials", [self._trials_table()]))
+        sweep = sweep_section(self.data.sweep_dir)
+        if sweep is not None:
+            out.append(sweep)
+        out.append(self._provenance())
+        return out
+
+    def _overview(self, keys: pd.DataFrame) -> Section:
+        t = self.trials
+        n_ok, n_stopped = int((t.status == "ok").sum()), int((t.status == "stopped").sum())
+        n_failed = len(t) - n_ok - n_stopped
+        stopped = f"{n_stopped} stopped early by the sweep's scheduler, " if n_stopped else ""
+        seeds = sorted(t.seed.unique().tolist())
+        lines = [f"{len(t)} trials ({n_ok} ok, {stopped}{n_failed} failed or unfinished): methods "
+                 f"{', '.join(f'`{m}`' for m in self.labels)}; shots {', '.join(map(str, self.shots))}; "
+                 f"seeds {', '.join(map(str, seeds))}."]
+        if keys.empty:
+            lines.append("No evaluation metrics were recorded (the suite's `evaluation.metrics` is empty): the "
+                         "tables show final losses and fit times only.")
+        return Section("Overview", [Text(" ".join(lines))])
+
+    def _shots_section(self, shots: int, keys: pd.DataFrame) -> Section:
+        blocks: list[Any] = []
+        if not keys.empty:
+            columns, refs = self._layout(keys)
+            directions = dict(zip(keys.key, keys.direction, strict=True))
+            cols = [(c, f"{c}{directions[c].arrow}", directions[c]) for c in columns]
+            table = self._table(f"metrics-{shots}", f"Metrics, {shots} shots", shots, cols, "metric", refs)
+            if table is not None:
+                blocks.append(table)
+            figure = self._bar_figure(shots, columns, refs, directions)
+            if figure is not None:
+                blocks.append(figure)
+            blocks += self._per_class_tables(shots, keys)
+        training = self._training_table(shots)
+        if training is not None:
+            blocks.append(training)
+        if keys.empty:
+            figure = self._time_figure(shots)
+            if figure is not None:
+                blocks.append(figure)
+        grid = self._sample_grid(shots)
+        if grid is not None:
+            blocks.append(grid)
+        return Section(f"{shots} shots", blocks)
+
+    def _per_class_tables(self, shots: int, keys: pd.DataFrame) -> list[Table]:
+        """One table per per-class metric (rows: methods, columns: novel classes), with the per-class reference
+        values of the same metric (e.g. ``fid_real_floor/class_c`` under ``fid/class_c``) as reference rows."""
+        tables = []
+        per_class = keys[keys["class"].notna()]
+        references = per_class[per_class.reference]
+        for base, group in per_class[~per_class.reference].groupby("base", sort=False):
+            group = group.sort_values("class")
+            direction = group.direction.iloc[0]
+            cols = [(k, f"class {int(c)}", direction) for k, c in zip(group.key, group["class"], strict=True)]
+            refs = self._place_references(references, group.key.tolist(), grow=False)
+            table = self._table(f"per-class-{slug(base)}-{shots}",
+                                f"{base}{direction.arrow} per class, {shots} shots",
+                                shots, cols, "metric", refs)
+            if table is not None:
+                table.collapsed = True
+                tables.append(table)
+        return tables
+
+    def _training_table(self, shots: int) -> Table | None:
+        v = self.values[(self.values.shots == shots)]
+        losses = sorted(v[v.kind == "final_loss"].key.unique().tolist())
+        times = [k for k in TIME_KEYS if k in set(v[v.kind == "time"].key)]
+        if not losses and not times:
+            return None
+        loss_table = self._table(f"training-{shots}", f"Final losses and times, {shots} shots", shots,
+                                 [(k, f"final {k}", None) for k in losses], "final_loss")
+        time_table = self._table(f"times-{shots}", "", shots, [(k, k, None) for k in times], "time")
+        if loss_table is None:
+            loss_table, time_table = time_table, None
+            if loss_table is None:
+                return None
+            loss_table.title = f"Final losses and times, {shots} shots"
+        if time_table is not None:  # join the two tables' columns row by row
+            by_label = {r.label: r.cells for r in time_table.rows}
+            loss_table.columns += time_table.columns[1:]
+            for row in loss_table.rows:
+                row.cells += by_label.get(row.label, [Cell("–") for _ in times])
+        single = [n for t in (loss_table, time_table) if t is not None for n in t.notes if n.startswith("n = 1")]
+        loss_table.notes = ["mean ± 95 % CI over seeds; final losses are the last logged value of each fitted model "
+                            "(averaged over the per-class models of unconditional methods); times in seconds.",
+                            *single[:1]]
+        return loss_table
+
+    def _failed(self) -> Table | None:
+        failed = self.trials[~self.trials.status.isin(["ok", "stopped"])]  # stopped trials: in the sweep section
+        if failed.empty:
+            return None
+        rows = [Row(r.name, [Cell(r.label), Cell(str(r.shots)), Cell(str(r.seed)), Cell(r.status),
+                             Cell((r.error or "").splitlines()[0][:300] if r.error else "")])
+                for r in failed.itertuples()]
+        return Table("failed", "Failed trials", ["trial", "method", "shots", "seed", "status", "error"], rows,
+                     align="left")
+
+    def _trials_table(self) -> Table:
+        v = self.data.values  # failed trials too
+        rows = []
+        for r in self.data.trials.itertuples():
+            fit = v[(v.trial_id == r.trial_id) & (v.kind == "time") & (v.key == "fit_s")]
+            rows.append(Row(r.name, [Cell(r.trial_id), Cell(r.status), Cell(fmt(fit.value.iloc[0]) if len(fit) else "–"),
+                                     Cell((r.split_hash or "–")[:12])], kind="trial"))
+        table = Table("trials", "Trials", ["trial", "id", "status", "fit s", "split"], rows, align="left")
+        table.collapsed = True
+        return table
+
+    # -- figures
+    def _bar_figure(self, shots: int, columns: list[str], refs: dict[str, tuple[str, str]],
+                    directions: dict[str, Direction]) -> Figure | None:
+        v = self.values[(self.values.shots == shots) & (self.values.kind == "metric")]
+        if v.empty or not columns:
+            return None
+        fig, axes = subplots(len(columns))
+        for ax, column in zip(axes, columns, strict=False):
+            labels, means, cis = [], [], []
+            for label in self.labels:
+                frame = v[(v.label == label) & (v.key == column) & ~v.reference]
+                if frame.empty:
+                    continue
+                n, mean, ci = self._stats(frame)
+                labels.append(label)
+                means.append(mean)
+                cis.append(0 if math.isnan(ci) else ci)
+            if labels:
+                ax.bar(range(len(labels)), means, yerr=cis, capsize=4, color="#4c72b0")
+                ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+            for i, (ref_key, (ref_column, _)) in enumerate(sorted(refs.items())):
+                frame = v[(v.key == ref_key) & v.reference]
+                if ref_column != column or frame.empty:
+                    continue
+                _, mean, _ = self._stats(frame, per_seed=True)
+                ax.axhline(mean, linestyle="--", color=f"C{i + 1}", label=ref_key)
+                ax.legend(fontsize=7)
+            ax.set_title(f"{column}{_ranked_arrow(directions.get(column))}", fontsize=9)
+        return Figure(f"bars-{shots}", f"Metrics, {shots} shots", figure_png(fig),
+                      "bars: mean over seeds, whiskers: 95 % CI; dashed: reference values (real data, baselines)")
+
+    def _time_figure(self, shots: int) -> Figure | None:
+        v = self.values[(self.values.shots == shots) & (self.values.kind == "time") & (self.values.key == "fit_s")]
+        if v.empty:
+            return None
+        fig, (ax,) = subplots(1)
+        labels = [label for label in self.labels if not v[v.label == label].empty]
+        stats = [self._stats(v[v.label == label]) for label in labels]
+        ax.bar(range(len(labels)), [s[1] for s in stats], yerr=[0 if math.isnan(s[2]) else s[2] for s in stats],
+               capsize=4, color="#55a868")
+        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+        ax.set_title("fit time (s)", fontsize=9)
+        return Figure(f"fit-time-{shots}", f"Fit time, {shots} shots", figure_png(fig), "mean over seeds, whiskers: 95 % CI")
+
+    def _vs_shots_figure(self, keys: pd.DataFrame) -> Figure | None:
+        columns, refs = self._layout(keys)
+        v = self.values[self.values.kind == "metric"]
+        directions = dict(zip(keys.key, keys.direction, strict=True))
+        fig, axes = subplots(len(columns))
+        for ax, column in zip(axes, columns, strict=False):
+            for i, label in enumerate(self.labels):
+                points = [(s, *self._stats(v[(v.shots == s) & (v.label == label) & (v.key == column) & ~v.reference]))
+                          for s in self.shots]
+                points = [p for p in points if p[1] > 0]
+                if points:
+                    ax.errorbar([p[0] for p in points], [p[2] for p in points],
+                                yerr=[0 if math.isnan(p[3]) else p[3] for p in points], marker="o", capsize=3,
+                                label=label, color=f"C{i}")
+            for ref_key, (ref_column, _) in refs.items():
+                if ref_column != column:
+                    continue
+                points = [(s, self._stats(v[(v.shots == s) & (v.key == ref_key) & v.reference], per_seed=True))
+                          for s in self.shots]
+                points = [(s, st[1]) for s, st in points if st[0] > 0]
+                if points:
+                    ax.plot([p[0] for p in points], [p[1] for p in points], "--", color="gray", label=ref_key)
+            ax.set_xscale("log")
+            ax.set_xticks(self.shots, [str(s) for s in self.shots])
+            ax.set_xticks([], minor=True)
+            ax.set_xlabel("shots", fontsize=8)
+            ax.set_title(f"{column}{_ranked_arrow(directions.get(column))}", fontsize=9)
+            ax.legend(fontsize=7)
+        return Figure("vs-shots", "Metrics vs shots", figure_png(fig), "mean over seeds, whiskers: 95 % CI")
+
+    def _sample_grid(self, shots: int) -> ImageGrid | None:
+        ok = self.ok[self.ok.shots == shots]
+        rows: list[tuple[str, list[tuple[str, bytes | None]]]] = []
+        columns: list[str] = []
+        notes = []
+        shots_row = None
+        for label in self.labels:
+            trials = ok[ok.label == label].sort_values("seed")
+            if trials.empty:
+                continue
+            trial = trials.iloc[0]
+            classes = json.loads(trial.novel_classes or "[]")
+            png = self.data.image(trial.trial_id, "samples")
+            if png is None or not classes:
+                continue
+            columns = columns or [f"class {c}" for c in classes]
+            crops = split_rows(png, len(classes))
+            rows.append((f"{label} (seed {trial.seed})",
+                         [(f"samples/{shots}shot-{slug(label)}-class{c}.png", crop)
+                          for c, crop in zip(classes, crops, strict=True)]))
+            if shots_row is None:
+                real = self.data.image(trial.trial_id, "shots")
+                if real is not None:
+                    shots_row = (f"real shots (seed {trial.seed})",
+                                 [(f"samples/{shots}shot-real-seed{trial.seed}-class{c}.png", crop)
+                                  for c, crop in zip(classes, split_rows(real, len(classes)), strict=True)])
+        if not rows:
+            return None
+        if shots_row is not None:
+            rows.insert(0, shots_row)
+            notes.append("first row: the real shots a method was given (first images of each class).")
+        notes.append("samples of each novel class from each method's lowest-seed trial.")
+        return ImageGrid(f"samples-{shots}", f"Samples, {shots} shots", ["", *columns], rows, notes)
+
+    # -- provenance
+    def _provenance(self) -> Section:
+        t, run = self.trials, self.data.run
+        rows = []
+
+        def unique(column: str) -> str:
+            values = sorted({str(x) for x in t[column].dropna()})
+            return ", ".join(f"`{x}`" for x in values) if values else "–"
+
+        rows.append(Row("data source", [Cell(unique("data_source"))]))
+        rows.append(Row("dataset fingerprint", [Cell(unique("dataset_fingerprint"))]))
+        splits = t.dropna(subset=["split_hash"]).drop_duplicates(["shots", "seed"])
+        rows.append(Row("split hashes", [Cell("; ".join(f"{r.shots} shots seed {r.seed}: `{r.split_hash[:16]}`"
+                                                        for r in splits.itertuples()) or "–")]))
+        evaluators = t.dropna(subset=["evaluator"]).drop_duplicates(["evaluator", "evaluator_hash"])
+        rows.append(Row("evaluator", [Cell("; ".join(
+            f"`{r.evaluator}` (hash `{(r.evaluator_hash or '–')[:16]}`, test accuracy "
+            f"{'–' if pd.isna(r.evaluator_test_accuracy) else f'{r.evaluator_test_accuracy:.4f}'})"
+            for r in evaluators.itertuples()) or "none (no metrics needing one)")]))
+        rows.append(Row("suite", [Cell(f"`{run.get('suite', self.data.suite.get('name', '–'))}` version "
+                                       f"{run.get('suite_version', self.data.suite.get('version', '–'))}, hash "
+                                       f"`{run.get('suite_hash', '–')}`, file `{run.get('suite_file', '–')}`")]))
+        rows.append(Row("git commit", [Cell(f"`{run.get('git_commit') or unique('git_commit')}`")]))
+        versions = run.get("versions") or {}
+        rows.append(Row("versions", [Cell(", ".join(f"{k} {v}" for k, v in versions.items()) or "–")]))
+        rows.append(Row("command", [Cell(f"`{run.get('command', '–')}`")]))
+        rows.append(Row("started", [Cell(str(run.get("started", "–")))]))
+        rows.append(Row("hosts", [Cell(unique("host"))]))
+        return Section("Provenance", [Table("provenance", "Provenance", ["", ""], rows, align="left")])
+
+
+def _distinguishing_labels(trials: pd.DataFrame) -> list[str]:
+    """Labels for trials sharing method label, shots and seed (a sweep's samples): the parameters that differ between
+    them (``metacgan (lr_d=1.1e-04, lr_g=3.8e-04, n_c=4)``), else the trial id."""
+    params = [json.loads(p) if isinstance(p, str) and p else {} for p in trials["params"]]
+    keys = sorted({k for p in params for k in p})
+    differing = [k for k in keys if len({json.dumps(p.get(k)) for p in params}) > 1]
+
+    def show(v: Any) -> str:
+        try:
+            number = float(v)
+        except (TypeError, ValueError):
+            return str(v)
+        return str(v) if number.is_integer() else f"{number:.2g}"
+
+    labels = []
+    for (label, trial_id), p in zip(trials[["label", "trial_id"]].itertuples(index=False), params, strict=True):
+        shown = ", ".join(f"{k}={show(p[k])}" for k in differing if k in p)
+        labels.append(f"{label} ({shown})" if shown else f"{label} ({trial_id[:8]})")
+    if len(set(labels)) < len(labels):  # rounding made two equal: fall back to ids
+        labels = [f"{label} ({trial_id[:8]})"
+                  for label, trial_id in trials[["label", "trial_id"]].itertuples(index=False)]
+    return labels
