@@ -163,11 +163,29 @@ def test_job_request_ships_the_project_and_passes_tracking(tmp_path):
     assert request.runtime_env["working_dir"] == str(ROOT)
     assert ".venv" in request.runtime_env["excludes"] and "runs" in request.runtime_env["excludes"]
     assert request.runtime_env["env_vars"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
-    untracked = job_request(ROOT / "suites" / "smoke.yaml", root=ROOT, storage="s3://b", run_dir="r", tracking_uri=None)
+    # no server named: the job's driver tracks into its run directory (no URI passed, tracking stays on)
+    default = job_request(ROOT / "suites" / "smoke.yaml", root=ROOT, storage="s3://b", run_dir="r")
+    assert "--no-tracking" not in default.entrypoint and "MLFLOW_TRACKING_URI" not in default.runtime_env["env_vars"]
+    untracked = job_request(ROOT / "suites" / "smoke.yaml", root=ROOT, storage="s3://b", run_dir="r", tracking=False)
     assert untracked.entrypoint.endswith("--no-tracking")
+    shared_disk = job_request(ROOT / "suites" / "smoke.yaml", root=ROOT, storage=None, run_dir="/abs/run")
+    assert "--storage" not in shared_disk.entrypoint and "--run-dir /abs/run" in shared_disk.entrypoint
     outside = _write(tmp_path, "name: x\n", "suite.yaml")
     with pytest.raises(FileNotFoundError, match="outside the project"):
-        job_request(outside, root=ROOT, storage="s3://b", run_dir="r", tracking_uri=None)
+        job_request(outside, root=ROOT, storage="s3://b", run_dir="r")
+
+
+def test_cluster_file_metadata_carries_the_harness_settings(tmp_path):
+    config = yaml.safe_load((ROOT / "ray_cluster.yaml").read_text())
+    assert load_cluster_file(ROOT / "ray_cluster.yaml").harness_settings.storage is None  # shipped commented out
+    config["metadata"] = {"fewshot_harness": {"storage": "s3://bucket/runs", "tracking_uri": "http://mlflow:5000"}}
+    settings = load_cluster_file(_write(tmp_path, config)).harness_settings
+    assert (settings.storage, settings.tracking_uri) == ("s3://bucket/runs", "http://mlflow:5000")
+    config["metadata"] = {"fewshot_harness": {"storge": "s3://bucket/runs"}, "owner": "someone else's data"}
+    with pytest.raises(ClusterConfigError, match=r"metadata\.fewshot_harness\.storge: Extra inputs are not permitted"):
+        load_cluster_file(_write(tmp_path, config))
+    assert load_cluster_file(ROOT / "ray_cluster.local.yaml").shares_disk
+    assert not load_cluster_file(ROOT / "ray_cluster.yaml").shares_disk
 
 
 def _cli(*args: str, env=None, timeout=120) -> subprocess.CompletedProcess:
@@ -191,10 +209,23 @@ def test_cli_refuses_a_local_storage_path_for_a_multi_node_cluster(tmp_path):
                   str(tmp_path / "shared"), "--runs-root", str(tmp_path / "runs"), "--no-tracking")
     assert result.returncode == 2
     assert "is a local path" in result.stderr and "file:///" in result.stderr
-    missing = _cli("run", "suites/smoke.yaml", "--cluster", str(ROOT / "ray_cluster.local.yaml"),
-                   "--runs-root", str(tmp_path / "runs"), "--no-tracking")
-    assert missing.returncode == 2 and "--storage" in missing.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_cloud_cluster_without_storage_names_the_metadata_key_and_the_flag(tmp_path):
+    missing = _cli("run", "suites/smoke.yaml", "--cluster", str(ROOT / "ray_cluster.yaml"),
+                   "--runs-root", str(tmp_path / "runs"))
+    assert missing.returncode == 2
+    assert "fewshot_harness.storage" in missing.stderr and "metadata:" in missing.stderr
+    assert "--storage" in missing.stderr
+    assert not (tmp_path / "runs").exists()
+    # storage from the file's metadata is taken (the run then stops at the unreachable dashboard, not at storage)
+    config = yaml.safe_load((ROOT / "ray_cluster.yaml").read_text())
+    config["metadata"] = {"fewshot_harness": {"storage": f"file://{tmp_path}/shared"}}
+    with_storage = _cli("run", "suites/smoke.yaml", "--cluster", str(_write(tmp_path, config)), "--dashboard",
+                        f"http://127.0.0.1:{_free_port()}", "--runs-root", str(tmp_path / "runs"))
+    assert with_storage.returncode == 2 and "cannot reach the Ray dashboard" in with_storage.stderr
+    assert "storage" not in with_storage.stderr.split("cannot reach")[0]
 
 
 def test_cli_cluster_needs_a_reachable_dashboard(tmp_path):
@@ -260,12 +291,38 @@ def fake_cluster(tmp_path):
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+def _child_runs(run_dir: Path) -> list:
+    from harness import tracking as tr
+
+    client = tr.client_for(tr.default_tracking_uri(run_dir))
+    [experiment] = client.search_experiments(filter_string="name = 'smoke'")
+    return client.search_runs([experiment.experiment_id], f"tags.`{tr.KIND_TAG}` = 'trial'")
+
+
+def test_the_local_cluster_needs_no_storage_and_tracks_into_the_run_directory(tmp_path, fake_cluster):
+    """`harness run SUITE --cluster ray_cluster.local.yaml` as written (the fixture's ports need --dashboard): the fake
+    nodes share this disk, so the job writes the local run directory itself, MLflow included."""
+    cluster_file, dashboard = fake_cluster
+    run_dir = tmp_path / "runs" / "smoke" / "shared-disk"
+    result = _cli("run", "suites/smoke.yaml", "--cluster", str(cluster_file), "--dashboard", dashboard,
+                  "--run-dir", str(run_dir), timeout=480)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-4000:]
+    assert "storage this machine (shared disk)" in out
+    results = [json.loads(p.read_text()) for p in sorted(run_dir.glob("trials/*/result.json"))]
+    assert [r["status"] for r in results] == ["ok", "ok"]
+    assert FAKE_HEAD_NODE_ID not in {r["provenance"]["ray_node_id"] for r in results}
+    children = _child_runs(run_dir)
+    assert sorted(c.data.tags["harness.label"] for c in children) == ["cgan", "dcgan"]
+    assert all("fid" in c.data.metrics and c.info.status == "FINISHED" for c in children)
+
+
 def test_cluster_run_end_to_end_as_a_ray_job_on_loopback(tmp_path, fake_cluster):
     cluster_file, dashboard = fake_cluster
     shared = tmp_path / "shared"
     run_dir = tmp_path / "runs" / "smoke" / "loopback"
     result = _cli("run", "suites/smoke.yaml", "--cluster", str(cluster_file), "--dashboard", dashboard,
-                  "--storage", f"file://{shared}", "--run-dir", str(run_dir), "--no-tracking", timeout=480)
+                  "--storage", f"file://{shared}", "--run-dir", str(run_dir), timeout=480)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-4000:]
     assert "submitted Ray Job" in out
@@ -276,8 +333,18 @@ def test_cluster_run_end_to_end_as_a_ray_job_on_loopback(tmp_path, fake_cluster)
     assert FAKE_HEAD_NODE_ID not in nodes  # the head has no CPUs: trials ran on autoscaled worker nodes
     assert (shared / "smoke" / "loopback" / "report" / "index.html").exists()
     assert (run_dir / "report" / "index.html").exists()
+    # MLflow was written by the job's driver into its own run directory and came back with the run: its artifacts
+    # resolve here (the store was re-pointed from the job's path)
+    from harness import tracking as tr
+
+    children = _child_runs(run_dir)
+    assert len(children) == 2 and all("fid" in c.data.metrics for c in children)
+    client = tr.client_for(tr.default_tracking_uri(run_dir))
+    local = Path(client.download_artifacts(children[0].info.run_id, "result.json", str(tmp_path)))
+    assert json.loads(local.read_text())["trial_id"] == children[0].data.tags[tr.TRIAL_ID_TAG]
     # the same command again: the stored run is resumed, nothing is trained twice
     again = _cli("run", "suites/smoke.yaml", "--cluster", str(cluster_file), "--dashboard", dashboard,
-                 "--storage", f"file://{shared}", "--run-dir", str(run_dir), "--no-tracking", timeout=300)
+                 "--storage", f"file://{shared}", "--run-dir", str(run_dir), timeout=300)
     assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
     assert "2 trials, 2 already finished" in again.stdout + again.stderr
+    assert len(_child_runs(run_dir)) == 2  # no duplicate child runs

@@ -47,7 +47,7 @@ def tracked_run(tmp_path_factory):
     suite_file.write_text(yaml.safe_dump(data, sort_keys=False))
     suite = load_suite(suite_file)
     run = RunDir.create(suite, suite_file, path=root / "run")
-    uri = tr.resolve_tracking_uri(None, run.path, cluster=False)
+    uri = tr.resolve_tracking_uri(None, run.path)
     context = tr.start_run_tracking(suite, suite_file, run.path, uri, executor="inprocess")
     results = run_inprocess(expand(suite), run.path, device="cpu", tracking=context)
     tr.finish_run_tracking(context, "FINISHED")
