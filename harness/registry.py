@@ -38,7 +38,9 @@ def _import_target(target: str) -> object:
 class Registry(Generic[T]):
     """Maps names to objects of type ``T``, imported on first use."""
 
-    def __init__(self, kind: str, entry_point_group: str | None = None, base: type | None = None) -> None:
+    def __init__(self, kind: str, entry_point_group: str | None = None, base: type | str | None = None) -> None:
+        """``base``: the class every entry must subclass, or its ``"module:Name"`` when importing it here would be
+        circular (it is imported on the first ``get``)."""
         self.kind = kind
         self.entry_point_group = entry_point_group
         self.base = base
@@ -88,6 +90,8 @@ class Registry(Generic[T]):
         if name not in self._loaded:
             target = self._targets[name]
             obj = _import_target(target) if isinstance(target, str) else target
+            if isinstance(self.base, str):
+                self.base = _import_target(self.base)
             if self.base is not None and not (isinstance(obj, type) and issubclass(obj, self.base)):
                 raise TypeError(f"{self.kind} {name!r} -> {target!r} is not a subclass of {self.base.__name__}")
             self._loaded[name] = obj  # type: ignore[assignment]
@@ -116,3 +120,21 @@ METHODS = _method_registry()
 def get_method(name: str):
     """The method class registered as ``name`` (raises with a "did you mean" suggestion)."""
     return METHODS.get(name)
+
+
+def _dataset_registry() -> Registry:
+    """Datasets: name -> its :class:`harness.data.base.DatasetReader` (config class, metadata, loader). Out-of-tree
+    datasets come through the ``harness.datasets`` entry-point group; the suite schema is built from this registry
+    (``harness.data.config.DatasetConfig``), so a registered reader is all a new dataset needs."""
+    registry: Registry = Registry("dataset", "harness.datasets", base="harness.data.base:DatasetReader")
+    for name, target in {
+        "mnist": "harness.data.readers:MNISTReader",
+        "fashion_mnist": "harness.data.readers:FashionMNISTReader",
+        "celeba": "harness.data.readers:CelebAReader",
+        "image_folder": "harness.data.readers:ImageFolderReader",
+    }.items():
+        registry.register(name, target)
+    return registry
+
+
+DATASETS = _dataset_registry()
