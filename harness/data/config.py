@@ -35,12 +35,14 @@ def _dispatch(value: Any) -> Any:
     A complete version-1 dump (all the flat config's keys, as run directories, result.json specs and Tune's stored
     param space hold them) carries the fields other datasets have at their defaults; those are dropped, so old runs
     resume and old files load. Anything else keeps its keys, and a field of another dataset is refused by name."""
-    if not isinstance(value, dict) or "name" not in value:
-        return value  # a config instance, or pydantic's own "missing"/type errors
-    name = value["name"]
+    if not isinstance(value, dict):
+        return value  # a config instance, or pydantic's own type error
+    name = value.get("name")
     if not isinstance(name, str) or name not in DATASETS:
         known = ", ".join(DATASETS.names())
-        if isinstance(name, str):
+        if "name" not in value:
+            message = f"required field is missing (the dataset: one of {known})"
+        elif isinstance(name, str):
             from harness.registry import did_you_mean
 
             message = f"unknown dataset {name!r}{did_you_mean(name, DATASETS.names())}; registered: {known}"
