@@ -8,7 +8,6 @@ point); suites accept it and refuse the fields of other datasets with no further
 
 from __future__ import annotations
 
-import logging
 import warnings
 from typing import ClassVar, Literal
 
@@ -23,9 +22,6 @@ __all__ = [
     "CelebAConfig", "CelebAReader", "FashionMNISTConfig", "FashionMNISTReader", "ImageFolderConfig",
     "ImageFolderReader", "MNISTConfig", "MNISTReader",
 ]
-
-log = logging.getLogger(__name__)
-
 
 def _per_class(counts: list[int], cap: int | None) -> dict[int, int]:
     return {i: (min(n, cap) if cap is not None else n) for i, n in enumerate(counts)}
@@ -102,9 +98,10 @@ class MNISTReader(DatasetReader):
                 f"{S.EMBEDDED_TEST_PER_CLASS} test images per class instead of ~6000 / ~1000). Results are NOT "
                 f"comparable with full-MNIST runs; set source: torchvision to make this an error."
             )
-            # one channel only: the CLI shows warnings through logging (logging.captureWarnings), so a
-            # log.warning beside it printed the message twice
-            warnings.warn(msg, DataFallbackWarning, stacklevel=4)
+            # A warning only, not also log.warning: the CLI's logging handler and Python's warning display both
+            # write to stderr, so the two printed the message twice. Python shows a warning once per message and
+            # place, so loading the same config again in this process (the driver) stays quiet.
+            warnings.warn(msg, DataFallbackWarning, stacklevel=3)  # shown at load_dataset's caller
             return S.load_embedded_mnist(cfg)
 
 
