@@ -461,3 +461,116 @@ def test_changed_pixel_changes_fingerprint_and_split_hash(tmp_path: Path, idx_ro
     s1 = make_split(before, [0, 1], [2], shots=2, seed=0)
     s2 = make_split(after, [0, 1], [2], shots=2, seed=0)
     assert s1.shot_indices == s2.shot_indices and s1.split_hash != s2.split_hash
+
+
+# --- the dataset registry and the config union ------------------------------------------------------------------------
+
+BUILT_IN = {"mnist": {}, "fashion_mnist": {}, "celeba": {}, "image_folder": {"root": "/nonexistent"}}
+
+
+@pytest.mark.parametrize("name", sorted(BUILT_IN))
+def test_every_dataset_is_a_registered_reader_found_by_name(name: str) -> None:
+    from harness.data import DatasetReader
+    from harness.registry import DATASETS
+
+    reader = DATASETS.get(name)
+    assert issubclass(reader, DatasetReader) and reader.name == name
+    cfg = dataset_config(name=name, **BUILT_IN[name])
+    assert type(cfg) is reader.Config and cfg.name == name  # the union picks the reader's own config
+
+
+def test_registry_lists_exactly_the_built_in_datasets() -> None:
+    from harness.registry import DATASETS
+
+    assert DATASETS.names() == sorted(BUILT_IN)
+
+
+def test_unknown_dataset_suggests_the_closest() -> None:
+    import pydantic
+
+    from harness.registry import DATASETS, UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="did you mean 'fashion_mnist'"):
+        DATASETS.get("fashion_mnsit")
+    with pytest.raises(pydantic.ValidationError, match=r"unknown dataset 'celab' \(did you mean 'celeba'\?\); "
+                                                       r"registered: celeba, fashion_mnist, image_folder, mnist"):
+        dataset_config(name="celab")
+
+
+@pytest.mark.parametrize("name,field,value", [
+    ("mnist", "test_fraction", 0.3),  # image_folder's
+    ("fashion_mnist", "source", "embedded"),  # mnist's
+    ("celeba", "download", False),  # the torchvision datasets'
+    ("image_folder", "download", True),
+])
+def test_a_field_of_another_dataset_is_refused_by_name(name: str, field: str, value: object) -> None:
+    import pydantic
+
+    with pytest.raises(pydantic.ValidationError) as err:
+        dataset_config(name=name, **BUILT_IN[name], **{field: value})
+    (error,) = err.value.errors()
+    assert error["type"] == "extra_forbidden" and error["loc"] == (name, field)
+
+
+def test_configs_dump_only_their_own_fields_and_hash_the_version1_record() -> None:
+    from harness.data.base import V1_DEFAULTS
+
+    cfg = dataset_config(name="celeba", image_size=32)
+    assert set(cfg.model_dump()) == {"name", "root", "image_size", "channels", "max_images_per_class"}
+    record = cfg.hash_record()
+    assert record == {**V1_DEFAULTS, "name": "celeba", "image_size": 32}
+
+
+TOY_READER = '''
+import torch
+from typing import Literal
+from harness.data import DatasetReader, DatasetConfigBase, DatasetInfo
+from harness.data.sources import RawSplits
+
+class ToyConfig(DatasetConfigBase):
+    name: Literal["toy"]
+    level: int = 7
+
+class ToyReader(DatasetReader):
+    name = "toy"
+    Config = ToyConfig
+
+    @classmethod
+    def info(cls, cfg):
+        return DatasetInfo("toy", 2, ("a", "b"), (1, 28, 28), {0: 5, 1: 5}, {0: 3, 1: 3}, "auto")
+
+    @classmethod
+    def load(cls, cfg):
+        def part(n):
+            return torch.full((2 * n, 1, 28, 28), cfg.level, dtype=torch.uint8), torch.arange(2).repeat(n)
+        return RawSplits(*part(5), *part(3), ("a", "b"), "toy:memory")
+'''
+
+
+def test_a_new_dataset_is_one_registered_reader(tmp_path: Path) -> None:
+    """Registering a reader (here before the harness builds its schema, as an entry point would) is all it takes:
+    suites accept it with its own fields, refuse the others', and trials load it."""
+    import subprocess
+    import sys
+
+    (tmp_path / "toy_dataset.py").write_text(TOY_READER)
+    code = (
+        "from harness.registry import DATASETS\n"
+        "DATASETS.register('toy', 'toy_dataset:ToyReader')\n"
+        "from harness.suite import SuiteError, parse_suite\n"
+        "from harness.data import load_dataset\n"
+        "suite = {'name': 'toy', 'dataset': {'name': 'toy', 'level': 9}, 'budget': {'steps': 1},\n"
+        "         'protocol': {'base_classes': ['a'], 'novel_classes': ['b'], 'shots': [2], 'seeds': [0]},\n"
+        "         'methods': [{'name': 'cgan'}]}\n"
+        "ds = load_dataset(parse_suite(suite).dataset)\n"
+        "assert ds.source == 'toy:memory' and int(ds.train.images.max() * 255 + 0.5) == 9, ds\n"
+        "try:\n"
+        "    parse_suite({**suite, 'dataset': {'name': 'toy', 'source': 'embedded'}}, 'toy.yaml')\n"
+        "except SuiteError as exc:\n"
+        "    print(exc)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "toy.yaml: dataset.source: unknown field"

@@ -10,11 +10,13 @@ See :mod:`harness.data.readers` for the built-in datasets and :mod:`harness.data
 """
 
 from harness.data.base import DatasetConfigBase, DatasetReader
-from harness.data.config import DatasetConfig, dataset_config
 from harness.data.dataset import Dataset, load_dataset
 from harness.data.errors import DataFallbackWarning, DataSourceError
 from harness.data.info import DatasetInfo, dataset_info
 from harness.data.split import FewShotSplit, make_split
+
+# last: building the union imports every registered reader, and readers (plugins too) import the names above
+from harness.data.config import DatasetConfig, dataset_config  # noqa: E402
 
 __all__ = [
     "DataFallbackWarning",

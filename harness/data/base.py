@@ -45,13 +45,21 @@ def default_data_root() -> Path:
 class DatasetConfigBase(pydantic.BaseModel):
     """Base of every dataset's config: frozen (suites and trial specs are), unknown fields refused.
 
-    Subclasses declare ``name: Literal["..."]`` (the union's discriminator) and their own fields only, and a
-    ``source``: a field where the dataset has several (mnist), else :class:`SingleSource`'s property. (Not a property
-    here: a property of a parent class would hide a subclass's field of the same name.)
+    Subclasses declare ``name: Literal["..."]`` (the union's discriminator) and their own fields only. A dataset
+    with several sources has a ``source`` field (mnist); for the others ``cfg.source`` reads ``"auto"`` (what
+    version 1 recorded for them), so ``spec.dataset.source`` and ``DatasetInfo.source`` exist for every dataset.
     """
 
     if TYPE_CHECKING:
         source: str
+    else:
+
+        def __getattr__(self, item: str) -> Any:
+            # only reached when normal lookup fails, so a subclass's `source` field wins (a property here would
+            # hide it: a parent's data descriptor takes precedence over the instance's field value)
+            if item == "source":
+                return "auto"
+            return super().__getattr__(item)
 
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
 
@@ -67,15 +75,6 @@ class DatasetConfigBase(pydantic.BaseModel):
     def fingerprint_settings(self) -> dict[str, Any]:
         """Settings that enter ``Dataset.fingerprint`` besides the pixels (those that select or order images)."""
         return {"max_images_per_class": None, "test_fraction": None}
-
-
-class SingleSource:
-    """Mixin of the configs of datasets with one source: ``source`` is ``"auto"`` (what version 1 recorded for them),
-    so ``spec.dataset.source`` and ``DatasetInfo.source`` exist for every dataset."""
-
-    @property
-    def source(self) -> str:
-        return "auto"
 
 
 class ImageDatasetConfig(DatasetConfigBase):

@@ -14,7 +14,7 @@ from typing import ClassVar, Literal
 import pydantic
 
 from harness.data import sources as S
-from harness.data.base import DatasetReader, ImageDatasetConfig, SingleSource
+from harness.data.base import DatasetReader, ImageDatasetConfig
 from harness.data.errors import DataFallbackWarning
 from harness.data.info import DatasetInfo
 
@@ -108,7 +108,7 @@ class MNISTReader(DatasetReader):
 # --- Fashion-MNIST ---------------------------------------------------------------------------------------------------
 
 
-class FashionMNISTConfig(SingleSource, _TorchvisionConfig):
+class FashionMNISTConfig(_TorchvisionConfig):
     name: Literal["fashion_mnist"]
 
 
@@ -134,7 +134,7 @@ class FashionMNISTReader(DatasetReader):
 # --- CelebA ----------------------------------------------------------------------------------------------------------
 
 
-class CelebAConfig(SingleSource, ImageDatasetConfig):
+class CelebAConfig(ImageDatasetConfig):
     name: Literal["celeba"]
 
 
@@ -162,7 +162,7 @@ class CelebAReader(DatasetReader):
 # --- image folders ---------------------------------------------------------------------------------------------------
 
 
-class ImageFolderConfig(SingleSource, ImageDatasetConfig):
+class ImageFolderConfig(ImageDatasetConfig):
     name: Literal["image_folder"]
     root: str = pydantic.Field(description="a folder with one sub-folder per class (or train/ and test/ of those)")
     test_fraction: float = pydantic.Field(
