@@ -281,11 +281,15 @@ def _pydantic_problems(err: pydantic.ValidationError, prefix: str = "") -> list[
     problems = []
     for e in err.errors():
         loc = tuple(p for p in e["loc"] if p not in ("int_",))  # aliased field names
+        dataset = None
         if len(loc) > 1 and loc[0] == "dataset" and loc[1] in DATASETS:
-            loc = loc[:1] + loc[2:]  # the discriminated union puts the dataset's name into the path
+            dataset, loc = loc[1], loc[:1] + loc[2:]  # the discriminated union puts the dataset's name in the path
         loc += tuple(p for p in [e.get("ctx", {}).get("field")] if p)  # a validator naming the field it refused
         msg = e["msg"]
-        if e["type"] == "extra_forbidden":
+        if e["type"] == "extra_forbidden" and dataset is not None:
+            fields = ", ".join(DATASETS.get(dataset).Config.model_fields)
+            msg = f"unknown field of dataset {dataset!r} (its fields: {fields})"
+        elif e["type"] == "extra_forbidden":
             msg = "unknown field"
         elif e["type"] == "missing":
             msg = "required field is missing"

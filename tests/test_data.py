@@ -573,4 +573,4 @@ def test_a_new_dataset_is_one_registered_reader(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "toy.yaml: dataset.source: unknown field"
+    assert out.stdout.strip() == "toy.yaml: dataset.source: unknown field of dataset 'toy' (its fields: name, level)"

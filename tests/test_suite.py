@@ -85,7 +85,9 @@ MALFORMED = [
     # each dataset's config has only its own fields: another dataset's field is refused by name
     ("source on non-mnist", _with("dataset", {"name": "fashion_mnist", "source": "embedded"}), "dataset.source",
      "unknown field"),
-    ("test_fraction on mnist", _with("dataset.test_fraction", 0.3), "dataset.test_fraction", "unknown field"),
+    ("test_fraction on mnist", _with("dataset.test_fraction", 0.3), "dataset.test_fraction",
+     "unknown field of dataset 'mnist' (its fields: name, root, image_size, channels, max_images_per_class, "
+     "download, source)"),
     ("download on celeba", _with("dataset", {"name": "celeba", "download": False}), "dataset.download",
      "unknown field"),
     ("image_folder without root", _with("dataset", {"name": "image_folder"}), "dataset.root", "required"),
