@@ -574,3 +574,15 @@ def test_a_new_dataset_is_one_registered_reader(tmp_path: Path) -> None:
                          cwd=Path(__file__).resolve().parents[1])
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "toy.yaml: dataset.source: unknown field of dataset 'toy' (its fields: name, level)"
+
+
+def test_registry_checks_a_base_named_lazily() -> None:
+    """DATASETS names its base class as a string (importing harness.data from harness.registry would be circular);
+    an entry that is not a reader is still refused on first use."""
+    from harness.registry import Registry
+
+    registry = Registry("dataset", base="harness.data.base:DatasetReader",
+                        built_in={"info": "harness.data.info:DatasetInfo", "mnist": "harness.data.readers:MNISTReader"})
+    assert registry.get("mnist").name == "mnist"
+    with pytest.raises(TypeError, match="not a subclass of DatasetReader"):
+        registry.get("info")
