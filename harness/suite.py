@@ -282,9 +282,10 @@ def _pydantic_problems(err: pydantic.ValidationError, prefix: str = "") -> list[
     for e in err.errors():
         loc = tuple(p for p in e["loc"] if p not in ("int_",))  # aliased field names
         dataset = None
-        if len(loc) > 1 and loc[0] == "dataset" and loc[1] in DATASETS:
+        if not prefix and len(loc) > 1 and loc[0] == "dataset" and loc[1] in DATASETS:
             dataset, loc = loc[1], loc[:1] + loc[2:]  # the discriminated union puts the dataset's name in the path
-        loc += tuple(p for p in [e.get("ctx", {}).get("field")] if p)  # a validator naming the field it refused
+        if e["type"] == "unknown_dataset":
+            loc += (e["ctx"]["field"],)  # raised before the union, about the `name` field
         msg = e["msg"]
         if e["type"] == "extra_forbidden" and dataset is not None:
             fields = ", ".join(DATASETS.get(dataset).Config.model_fields)

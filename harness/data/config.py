@@ -8,13 +8,13 @@ a reader (built in, or through the ``harness.datasets`` entry point) is all a ne
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union, get_args
+from typing import Annotated, Any, Literal, Union
 
 import pydantic
 from pydantic_core import PydanticCustomError
 
 from harness.data.base import DATA_ROOT_ENV, V1_DEFAULTS, DatasetConfigBase, default_data_root
-from harness.registry import DATASETS
+from harness.registry import DATASETS, did_you_mean
 
 __all__ = ["DATA_ROOT_ENV", "DatasetConfig", "DatasetConfigBase", "dataset_config", "default_data_root"]
 
@@ -43,8 +43,6 @@ def _dispatch(value: Any) -> Any:
         if "name" not in value:
             message = f"required field is missing (the dataset: one of {known})"
         elif isinstance(name, str):
-            from harness.registry import did_you_mean
-
             message = f"unknown dataset {name!r}{did_you_mean(name, DATASETS.names())}; registered: {known}"
         else:
             message = f"a dataset name is a string, not {name!r}; registered: {known}"
@@ -72,7 +70,3 @@ def dataset_config(data: dict[str, Any] | None = None, /, **fields: Any) -> Data
     raises pydantic.ValidationError like a suite's ``dataset:`` section would."""
     return _ADAPTER.validate_python({**(data or {}), **fields})
 
-
-def config_classes() -> dict[str, type[DatasetConfigBase]]:
-    """Registered dataset name -> its config class (those the union was built from)."""
-    return {get_args(c.model_fields["name"].annotation)[0]: c for c in _CONFIGS}
