@@ -586,3 +586,35 @@ def test_registry_checks_a_base_named_lazily() -> None:
     assert registry.get("mnist").name == "mnist"
     with pytest.raises(TypeError, match="not a subclass of DatasetReader"):
         registry.get("info")
+
+
+# Content fingerprints computed by the code before the dataset registry (commit 3b13645) on the same data: the
+# fingerprint enters split hashes, evaluator cache keys and every result's provenance, so a reader refactoring must
+# leave it bit-identical.
+PINNED_FINGERPRINTS = {
+    "embedded": "ca6b2fb2b9fff6231b053ea0f2384cc2179df88ff749ecf1e41c08a070190768",
+    "idx_mnist": "23b2324cc505e17ecfb3d9266fb0884513d268f591f90c531d1ffd7297c8b8b0",
+    "idx_fashion_32": "4e4057ae0017665697eb30906230dfc456c43a8ba6fae2680fe017d542646cfe",
+    "digits_folder": "29c69d6facda9ea365d312c64d403ba9583f948ecb9365cdcebab35f4a53bce7",
+}
+
+
+def test_fingerprints_are_pinned(embedded: Dataset, tmp_path: Path) -> None:
+    from sklearn.datasets import load_digits
+
+    make_idx_data(tmp_path / "idx", "MNIST", 5, 3, seed=1)
+    make_idx_data(tmp_path / "idx", "FashionMNIST", 5, 3, seed=2)
+    x, y = load_digits(return_X_y=True)  # the first 300 digits, 16×16 PNGs, one folder per class
+    for i, (pixels, c) in enumerate(zip((x * 255 / 16).astype(np.uint8).reshape(-1, 8, 8)[:300], y[:300])):
+        (tmp_path / "digits" / str(c)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).resize((16, 16)).save(tmp_path / "digits" / str(c) / f"{i:04d}.png")
+    idx = str(tmp_path / "idx")
+    got = {
+        "embedded": embedded.fingerprint,
+        "idx_mnist": load_dataset(dataset_config(name="mnist", source="torchvision", root=idx, download=False)),
+        "idx_fashion_32": load_dataset(dataset_config(name="fashion_mnist", root=idx, download=False, image_size=32)),
+        "digits_folder": load_dataset(dataset_config(name="image_folder", root=str(tmp_path / "digits"),
+                                                     test_fraction=0.3)),
+    }
+    got = {k: v if isinstance(v, str) else v.fingerprint for k, v in got.items()}
+    assert got == PINNED_FINGERPRINTS
