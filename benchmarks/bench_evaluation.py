@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.api import Budget, LabeledImages  # noqa: E402
-from harness.data import DatasetConfig, load_dataset, make_split  # noqa: E402
+from harness.data import DatasetConfigBase, dataset_config, load_dataset, make_split  # noqa: E402
 from harness.metrics import accuracy as accuracy_module  # noqa: E402
 from harness.metrics import evaluate  # noqa: E402
 from harness.metrics import evaluator as evaluator_module  # noqa: E402
@@ -40,7 +40,7 @@ METRICS = ["is", "fid", "kid", "prc", "class_consistency", "memorisation"]
 BASE, NOVEL, SHOTS, PER_CLASS = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9), 5, 1000
 
 
-def make_spec(dataset_cfg: DatasetConfig, metrics: list[str], seed: int) -> TrialSpec:
+def make_spec(dataset_cfg: DatasetConfigBase, metrics: list[str], seed: int) -> TrialSpec:
     return TrialSpec(
         suite="bench", suite_version=1, method="none", label="bench", params={}, dataset=dataset_cfg,
         base_classes=BASE, novel_classes=NOVEL, shots=SHOTS, seed=seed, eval_images_per_class=None,
@@ -83,7 +83,7 @@ def main() -> None:
     root = args.cache_root or Path(tempfile.mkdtemp(prefix="bench-evaluation-"))
     refs = root / "references"
 
-    cfg = DatasetConfig(name="mnist", source="embedded")
+    cfg = dataset_config(name="mnist", source="embedded")
     dataset = load_dataset(cfg)
     samples = make_samples(dataset)
     print(f"torch {torch.__version__}, {args.threads} thread(s); {len(samples)} samples "

@@ -63,7 +63,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.api import Budget, FewShotTask, LabeledImages, NullHooks  # noqa: E402
-from harness.data import DatasetConfig, load_dataset, make_split  # noqa: E402
+from harness.data import dataset_config, load_dataset, make_split  # noqa: E402
 from harness.registry import get_method  # noqa: E402
 from methods.adversarial import AdversarialMethod  # noqa: E402
 from methods.glico import GLICO  # noqa: E402
@@ -107,7 +107,7 @@ PACKED_VARIANTS = ["plain", "fit", "fit-bf16", "fit-bf16-cl"]
 
 def make_tasks() -> dict[bool, FewShotTask]:
     """``{conditional: task}``: base 0-4 + 10 shots of 5-9; unconditional: the 10 shots of digit 5 alone."""
-    dataset = load_dataset(DatasetConfig(name="mnist", source="embedded"))
+    dataset = load_dataset(dataset_config(name="mnist", source="embedded"))
     task = make_split(dataset, BASE, NOVEL, SHOTS, seed=0).task
     five = task.novel.of_class(NOVEL[0])
     empty = LabeledImages(five.images[:0], five.labels[:0])

@@ -38,13 +38,18 @@ def _import_target(target: str) -> object:
 class Registry(Generic[T]):
     """Maps names to objects of type ``T``, imported on first use."""
 
-    def __init__(self, kind: str, entry_point_group: str | None = None, base: type | None = None) -> None:
+    def __init__(self, kind: str, entry_point_group: str | None = None, base: type | str | None = None,
+                 built_in: dict[str, str | T] | None = None) -> None:
+        """``base``: the class every entry must subclass, or its ``"module:Name"`` when importing it here would be
+        circular (it is imported on the first ``get``). ``built_in``: entries registered at once."""
         self.kind = kind
         self.entry_point_group = entry_point_group
         self.base = base
         self._targets: dict[str, str | T] = {}
         self._loaded: dict[str, T] = {}
         self._entry_points_scanned = False
+        for name, target in (built_in or {}).items():
+            self.register(name, target)
 
     def register(self, name: str, target: str | T, *, overwrite: bool = False) -> None:
         """Register ``target`` (an object or a lazy ``"module:Name"`` string) under ``name``."""
@@ -88,6 +93,8 @@ class Registry(Generic[T]):
         if name not in self._loaded:
             target = self._targets[name]
             obj = _import_target(target) if isinstance(target, str) else target
+            if isinstance(self.base, str):
+                self.base = _import_target(self.base)
             if self.base is not None and not (isinstance(obj, type) and issubclass(obj, self.base)):
                 raise TypeError(f"{self.kind} {name!r} -> {target!r} is not a subclass of {self.base.__name__}")
             self._loaded[name] = obj  # type: ignore[assignment]
@@ -97,17 +104,14 @@ class Registry(Generic[T]):
 def _method_registry() -> Registry:
     from harness.api import GenerativeMethod
 
-    registry: Registry[type[GenerativeMethod]] = Registry("method", "harness.methods", base=GenerativeMethod)
-    for name, target in {
+    return Registry("method", "harness.methods", base=GenerativeMethod, built_in={
         "dcgan": "methods.dcgan:DCGAN",
         "wgan": "methods.wgan:WGAN",
         "wgan_gp": "methods.wgan_gp:WGANGP",
         "cgan": "methods.cgan:CGAN",
         "glico": "methods.glico:GLICO",
         "metacgan": "methods.metacgan:MetaCGAN",
-    }.items():
-        registry.register(name, target)
-    return registry
+    })
 
 
 METHODS = _method_registry()
@@ -116,3 +120,14 @@ METHODS = _method_registry()
 def get_method(name: str):
     """The method class registered as ``name`` (raises with a "did you mean" suggestion)."""
     return METHODS.get(name)
+
+
+# Datasets: name -> its harness.data.base.DatasetReader (config class, metadata, loader); out-of-tree ones come
+# through the harness.datasets entry-point group. The suite schema (harness.data.config.DatasetConfig, a union on
+# `name`) is built from this registry, so a registered reader is all a new dataset needs.
+DATASETS: Registry = Registry("dataset", "harness.datasets", base="harness.data.base:DatasetReader", built_in={
+    "mnist": "harness.data.readers:MNISTReader",
+    "fashion_mnist": "harness.data.readers:FashionMNISTReader",
+    "celeba": "harness.data.readers:CelebAReader",
+    "image_folder": "harness.data.readers:ImageFolderReader",
+})

@@ -18,7 +18,7 @@ import yaml
 from harness.api import Budget
 from harness.data import DataSourceError, DatasetConfig, DatasetInfo, dataset_info
 from harness.metrics.config import EvaluationConfig
-from harness.registry import METHODS, UnknownNameError
+from harness.registry import DATASETS, METHODS, UnknownNameError
 
 _STRICT = pydantic.ConfigDict(extra="forbid", frozen=True)
 
@@ -193,12 +193,19 @@ class TrialSpec(pydantic.BaseModel):
     @property
     def trial_id(self) -> str:
         """Stable id: a hash of the spec's canonical JSON (same spec ⇒ same id, on any machine)."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+        return _hash(self.model_dump(mode="json"), self.dataset)
 
     @property
     def name(self) -> str:
         return f"{self.label}-{self.shots}shot-seed{self.seed}"
+
+
+def _hash(dump: dict[str, Any], dataset: DatasetConfig) -> str:
+    """12 hex digits of sha256 over ``dump`` as canonical JSON, its dataset in the hashed form that version 1's flat
+    dataset config dumped (``hash_record``), so suite hashes and trial ids -- which run directories are resumed by
+    and trial directories named by -- did not change when each dataset got its own config."""
+    canonical = json.dumps({**dump, "dataset": dataset.hash_record()}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
@@ -215,8 +222,16 @@ def _pydantic_problems(err: pydantic.ValidationError, prefix: str = "") -> list[
     problems = []
     for e in err.errors():
         loc = tuple(p for p in e["loc"] if p not in ("int_",))  # aliased field names
+        dataset = None
+        if not prefix and len(loc) > 1 and loc[0] == "dataset" and loc[1] in DATASETS:
+            dataset, loc = loc[1], loc[:1] + loc[2:]  # the discriminated union puts the dataset's name in the path
+        if e["type"] == "unknown_dataset":
+            loc += (e["ctx"]["field"],)  # raised before the union, about the `name` field
         msg = e["msg"]
-        if e["type"] == "extra_forbidden":
+        if e["type"] == "extra_forbidden" and dataset is not None:
+            fields = ", ".join(DATASETS.get(dataset).Config.model_fields)
+            msg = f"unknown field of dataset {dataset!r} (its fields: {fields})"
+        elif e["type"] == "extra_forbidden":
             msg = "unknown field"
         elif e["type"] == "missing":
             msg = "required field is missing"
@@ -380,8 +395,7 @@ def load_suite(path: str | Path) -> Suite:
 
 
 def suite_hash(suite: Suite) -> str:
-    canonical = json.dumps(suite.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+    return _hash(suite.model_dump(mode="json", by_alias=True), suite.dataset)
 
 
 def entry_budget(suite: Suite, entry: MethodEntry) -> Budget:

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from harness.api import LabeledImages
-from harness.data import Dataset, DatasetConfig, load_dataset, make_split
+from harness.data import Dataset, dataset_config, load_dataset, make_split
 from harness.metrics import METRICS, evaluate, headline_values
 from harness.metrics import accuracy as accuracy_module
 from harness.metrics import evaluator as evaluator_module
@@ -60,7 +60,7 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mnist() -> Dataset:
-    return load_dataset(DatasetConfig(name="mnist", source="embedded"))
+    return load_dataset(dataset_config(name="mnist", source="embedded"))
 
 
 @pytest.fixture(scope="module")

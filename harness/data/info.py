@@ -5,10 +5,11 @@ from __future__ import annotations
 import difflib
 import numbers
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from harness.data import sources as S
-from harness.data.config import DatasetConfig
+if TYPE_CHECKING:
+    from harness.data.base import DatasetConfigBase
 
 __all__ = ["DatasetInfo", "dataset_info"]
 
@@ -27,6 +28,7 @@ class DatasetInfo:
     guarantees (already capped by ``max_images_per_class``), or ``None`` when that is unknown without loading. On a
     loaded :class:`~harness.data.dataset.Dataset` they are the counts actually loaded. ``source`` is the source the
     config asks for (``auto``, ``torchvision`` or ``embedded``); the one actually used is ``Dataset.source``.
+    ``aliases`` are further names of classes (name -> id) the dataset's reader accepts, e.g. MNIST's "seven".
     """
 
     name: str
@@ -36,6 +38,7 @@ class DatasetInfo:
     train_per_class: dict[int, int] | None
     test_per_class: dict[int, int] | None
     source: str
+    aliases: dict[str, int] = field(default_factory=dict, repr=False)
 
     def _aliases(self) -> dict[str, int]:
         """Normalised name → id. Full names always win; parts ("t-shirt" of "T-shirt/top", "zero" of MNIST's "0")
@@ -51,9 +54,8 @@ class DatasetInfo:
         for i, n in enumerate(self.class_names):
             for part in re.split(r"[/,]| - ", n):
                 add(part, i)
-            if self.name == "mnist" and i < len(S.MNIST_WORDS):
-                add(S.MNIST_WORDS[i], i)
-                add(f"{i} - {S.MNIST_WORDS[i]}", i)  # torchvision's spelling
+        for alias, i in self.aliases.items():
+            add(alias, i)
         return {**{k: next(iter(v)) for k, v in extra.items() if len(v) == 1}, **full}
 
     def class_id(self, name_or_id: int | str) -> int:
@@ -81,63 +83,9 @@ class DatasetInfo:
         )
 
 
-def _per_class(counts: list[int] | tuple[int, ...], cap: int | None) -> dict[int, int]:
-    return {i: (min(n, cap) if cap is not None else n) for i, n in enumerate(counts)}
+def dataset_info(cfg: DatasetConfigBase) -> DatasetInfo:
+    """Metadata of the dataset ``cfg`` describes, without decoding images: its registered reader's ``info``
+    (see :mod:`harness.data.readers` for what each reports)."""
+    from harness.registry import DATASETS
 
-
-def dataset_info(cfg: DatasetConfig) -> DatasetInfo:
-    """Metadata of the dataset ``cfg`` describes, without decoding images.
-
-    mnist reports the official torchvision counts for ``source: torchvision``/``auto`` and 400/100 per class for
-    ``embedded``; fashion_mnist 6000/1000; celeba reads the two annotation files when present (else ``None`` counts);
-    image_folder lists the folder (raising :class:`DataSourceError` if it is missing) and opens image headers only when
-    ``channels`` is not set.
-    """
-    cap = cfg.max_images_per_class
-    if cfg.name in ("mnist", "fashion_mnist"):
-        size = cfg.image_size or S.MNIST_NATIVE_SIZE
-        shape = (cfg.channels or 1, size, size)
-        if cfg.name == "fashion_mnist":
-            from torchvision.datasets import FashionMNIST
-
-            names = tuple(FashionMNIST.classes)
-            train, test = [S.FASHION_TRAIN_PER_CLASS] * 10, [S.FASHION_TEST_PER_CLASS] * 10
-        elif cfg.source == "embedded":
-            names = S.MNIST_CLASSES
-            train, test = [S.EMBEDDED_TRAIN_PER_CLASS] * 10, [S.EMBEDDED_TEST_PER_CLASS] * 10
-        else:  # torchvision, or auto (which prefers torchvision)
-            names = S.MNIST_CLASSES
-            train, test = list(S.MNIST_TRAIN_COUNTS), list(S.MNIST_TEST_COUNTS)
-        return DatasetInfo(
-            cfg.name, len(names), names, shape, _per_class(train, cap), _per_class(test, cap), cfg.source
-        )
-
-    if cfg.name == "celeba":
-        size = cfg.image_size or S.CELEBA_DEFAULT_SIZE
-        shape = (cfg.channels or 3, size, size)
-        train_counts = test_counts = None
-        folder = S.celeba_folder(cfg)
-        if (folder / S.CELEBA_ATTR_FILE).is_file() and (folder / S.CELEBA_PARTITION_FILE).is_file():
-            index = S.read_celeba_index(cfg, need_images=False)
-            train_counts = _per_class(_count(index.train, 2), cap)
-            test_counts = _per_class(_count(index.test, 2), cap)
-        names = S.CELEBA_CLASSES
-        return DatasetInfo(cfg.name, len(names), names, shape, train_counts, test_counts, cfg.source)
-
-    if cfg.name == "image_folder":
-        listing = S.list_image_folder(cfg)
-        size = cfg.image_size or S.IMAGE_FOLDER_DEFAULT_SIZE
-        shape = (S.image_folder_channels(cfg, listing), size, size)
-        k = len(listing.class_names)
-        return DatasetInfo(
-            cfg.name, k, listing.class_names, shape,
-            _per_class(_count(listing.train, k), cap), _per_class(_count(listing.test, k), cap), cfg.source,
-        )
-    raise ValueError(f"unknown dataset {cfg.name!r}")
-
-
-def _count(entries: list, num_classes: int) -> list[int]:
-    counts = [0] * num_classes
-    for _, label in entries:
-        counts[label] += 1
-    return counts
+    return DATASETS.get(cfg.name).info(cfg)

@@ -1,4 +1,5 @@
-"""Readers for the supported datasets; each returns uint8 tensors (N×C×H×W) already resized and channel-converted.
+"""File readers of the built-in datasets (used by :mod:`harness.data.readers`); each returns uint8 tensors
+(N×C×H×W) already resized and channel-converted.
 
 Nothing here converts to float or hashes: :mod:`harness.data.dataset` does that once for every source.
 
@@ -53,7 +54,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from harness.data.config import DatasetConfig
+from harness.data.base import ImageDatasetConfig as DatasetConfig  # any built-in config; readers pass theirs
 from harness.data.errors import DataSourceError
 
 log = logging.getLogger(__name__)
@@ -183,17 +184,21 @@ def _labels_tensor(labels: Sequence[int] | np.ndarray) -> Tensor:
 # --- MNIST and Fashion-MNIST ----------------------------------------------------------------------------------------
 
 
-def idx_folder(cfg: DatasetConfig) -> Path:
-    return cfg.resolved_root() / ("MNIST" if cfg.name == "mnist" else "FashionMNIST")
+def idx_folder(cfg: DatasetConfig, dataset_class: str) -> Path:
+    """Where torchvision keeps ``dataset_class`` ("MNIST", "FashionMNIST"): ``root/<class name>``."""
+    return cfg.resolved_root() / dataset_class
 
 
-def load_torchvision_idx(cfg: DatasetConfig) -> RawSplits:
-    """MNIST or Fashion-MNIST through torchvision (downloads only if ``cfg.download``)."""
+def load_torchvision_idx(
+    cfg: DatasetConfig, dataset_class: str, class_names: tuple[str, ...] | None = None
+) -> RawSplits:
+    """MNIST or Fashion-MNIST through ``torchvision.datasets.<dataset_class>`` (downloads only if ``cfg.download``);
+    ``class_names`` default torchvision's."""
     from torchvision import datasets
 
-    cls = datasets.MNIST if cfg.name == "mnist" else datasets.FashionMNIST
+    cls = getattr(datasets, dataset_class)
     root = cfg.resolved_root()
-    folder = idx_folder(cfg)
+    folder = idx_folder(cfg, dataset_class)
     raw = folder / "raw"
     try:
         train = cls(str(root), train=True, download=cfg.download)
@@ -215,7 +220,7 @@ def load_torchvision_idx(cfg: DatasetConfig) -> RawSplits:
             msg = f"{cfg.name}: could not read the IDX files in {raw}: {type(exc).__name__}: {exc}"
         raise DataSourceError(msg) from exc
 
-    class_names = MNIST_CLASSES if cfg.name == "mnist" else tuple(cls.classes)
+    class_names = class_names or tuple(cls.classes)
     size = cfg.image_size or MNIST_NATIVE_SIZE
     channels = cfg.channels or 1
     parts = []

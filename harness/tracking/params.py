@@ -59,7 +59,9 @@ def spec_params(spec: TrialSpec) -> dict[str, str]:
         "eval_images_per_class": _param_value(spec.eval_images_per_class),
         "base_images_per_class": _param_value(spec.base_images_per_class),
     }
-    params.update(flatten("dataset", spec.dataset.model_dump(mode="json", exclude={"name", "source"})))
+    # the flat record every dataset config hashes as (the same keys for every dataset, as before the union)
+    record = {k: v for k, v in spec.dataset.hash_record().items() if k not in ("name", "source")}
+    params.update(flatten("dataset", record))
     params.update(flatten("budget", spec.budget.model_dump(mode="json")))
     params.update(flatten("evaluation", spec.evaluation.model_dump(mode="json")))
     params.update(flatten("resources", spec.resources.model_dump(mode="json")))
