@@ -228,7 +228,8 @@ class DriverCallback(Callback):
         self._finish(trial, "ended without a result")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._finish(trial, str(getattr(trial, "error_message", None) or "errored"))
+        error = trial.get_error()
+        self._finish(trial, f"{type(error).__name__}: {error}" if error is not None else "errored")
 
     def _finish(self, trial, why: str) -> None:
         state, callbacks = self._trial(trial)
