@@ -266,9 +266,12 @@ def sweep(
     if result.scheduler:
         console.print(f"{result.stopped_early} of {result.num_trials} trials stopped early by {result.scheduler}",
                       highlight=False)
+    scored = ("[yellow]the novel classes' TEST images (sweep.select_on: test): the best value is optimistic and the "
+              "final scores are no longer unseen[/yellow]" if result.select_on == "test" else
+              f"validation classes {list(result.scored_classes)} (their held-out training images; no test image)")
     console.print(f"best {result.metric} ({result.mode}) = {result.best_value:.4g} with {result.best_params} "
-                  f"(trial {result.best_trial}); written to {run.path / 'sweep' / 'best.json'}; Optuna study: "
-                  f"{result.storage}", highlight=False)
+                  f"(trial {result.best_trial}), scored on {scored}; written to {run.path / 'sweep' / 'best.json'}; "
+                  f"Optuna study: {result.storage}", highlight=False)
 
 
 @app.command()

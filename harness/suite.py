@@ -48,6 +48,11 @@ class ProtocolConfig(pydantic.BaseModel):
     base_images_per_class: pydantic.PositiveInt | None = pydantic.Field(
         None, description="cap on base-class training images per class; default all"
     )
+    validation_classes: list[int | str] = pydantic.Field(
+        default_factory=list,
+        description="base classes that play the novel role while choosing (sweeps, ASHA): reduced to `shots` images, "
+        "scored on their own held-out training images, so no choice ever sees a novel class or a test image",
+    )
 
     @pydantic.field_validator("shots", "seeds")
     @classmethod
@@ -149,6 +154,12 @@ class SweepConfig(pydantic.BaseModel):
     max_concurrent: pydantic.PositiveInt | None = None
     space: dict[str, ParamSpace] = pydantic.Field(min_length=1)
     asha: AshaConfig | None = pydantic.Field(None, description="early stopping of unpromising trials; default none")
+    select_on: Literal["validation", "test"] = pydantic.Field(
+        "validation",
+        description="validation: score configurations on protocol.validation_classes (the default, and the only "
+        "choice that keeps the final scores unseen); test: on the novel classes' held-out test images, flagged in "
+        "every result and the report",
+    )
 
 
 class Suite(pydantic.BaseModel):
@@ -189,15 +200,41 @@ class TrialSpec(pydantic.BaseModel):
     budget: Budget
     evaluation: EvaluationConfig
     resources: ResourcesConfig
+    selection: Literal["none", "validation", "test"] = pydantic.Field(
+        "none", description="none: a trial of the protocol; validation: a selection trial whose novel classes are "
+        "validation classes, held out from their training images; test: a selection trial scored on test images")
+
+    @property
+    def heldout_from(self) -> Literal["test", "train"]:
+        """Where the held-out evaluation images come from: a validation trial never touches the test split."""
+        return "train" if self.selection == "validation" else "test"
 
     @property
     def trial_id(self) -> str:
-        """Stable id: a hash of the spec's canonical JSON (same spec ⇒ same id, on any machine)."""
-        return _hash(self.model_dump(mode="json"), self.dataset)
+        """Stable id: a hash of the spec's canonical JSON (same spec ⇒ same id, on any machine). Fields added after
+        version 1 enter the hash only when they differ from their default, so earlier ids stay valid."""
+        return _hash(_without_defaults(self.model_dump(mode="json"), _SPEC_ADDED), self.dataset)
 
     @property
     def name(self) -> str:
         return f"{self.label}-{self.shots}shot-seed{self.seed}"
+
+
+# fields added to a dump after version 1, with their defaults: hashed only when set (earlier hashes stay valid)
+_SPEC_ADDED = {"selection": "none"}
+_SUITE_ADDED = {("protocol", "validation_classes"): [], ("sweep", "select_on"): "validation"}
+
+
+def _without_defaults(dump: dict[str, Any], added: dict[Any, Any]) -> dict[str, Any]:
+    dump = {k: (dict(v) if isinstance(v, dict) else v) for k, v in dump.items()}
+    for key, default in added.items():
+        *parents, leaf = key if isinstance(key, tuple) else (key,)
+        node = dump
+        for parent in parents:
+            node = node.get(parent) if isinstance(node, dict) else None
+        if isinstance(node, dict) and node.get(leaf) == default:
+            node.pop(leaf)
+    return dump
 
 
 def _hash(dump: dict[str, Any], dataset: DatasetConfig) -> str:
@@ -244,7 +281,7 @@ def _cross_checks(suite: Suite, info: DatasetInfo) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     p = suite.protocol
     resolved: dict[str, list[int]] = {}
-    for field in ("base_classes", "novel_classes"):
+    for field in ("base_classes", "novel_classes", "validation_classes"):
         ids = []
         for i, c in enumerate(getattr(p, field)):
             try:
@@ -277,6 +314,7 @@ def _cross_checks(suite: Suite, info: DatasetInfo) -> list[tuple[str, str]]:
                     "protocol.eval_images_per_class",
                     f"{p.eval_images_per_class} exceeds the {available} test images of class {info.class_names[c]!r}",
                 ))
+    problems += _validation_class_problems(p, resolved, info)
     if tuple(info.image_shape[1:]) not in {(28, 28), (32, 32), (64, 64)}:
         problems.append(("dataset.image_size", f"the methods' networks support 28, 32 or 64 px, not {info.image_shape[1:]}"))
 
@@ -316,6 +354,33 @@ def _cross_checks(suite: Suite, info: DatasetInfo) -> list[tuple[str, str]]:
                 problems += _asha_problems(s.asha, suite, entry, method_cls)
         if s.metric not in suite.evaluation.metrics:
             problems.append(("sweep.metric", f"{s.metric!r} is not among evaluation.metrics"))
+        if s.select_on == "validation" and not p.validation_classes:
+            problems.append(("protocol.validation_classes", "the sweep scores configurations on validation classes "
+                             "(base classes playing the novel role); list some, or set sweep.select_on: test to score "
+                             "on the novel classes' test images (flagged in every result and the report)"))
+    return problems
+
+
+def _validation_class_problems(p: ProtocolConfig, resolved: dict[str, list[int]], info: DatasetInfo
+                               ) -> list[tuple[str, str]]:
+    """Validation classes are base classes, leave at least one base class, and have enough training images for
+    the largest shots setting plus held-out images (the training images that are not shots)."""
+    problems: list[tuple[str, str]] = []
+    validation, base = resolved["validation_classes"], set(resolved["base_classes"])
+    for i, c in enumerate(validation):
+        if c not in base:
+            problems.append((f"protocol.validation_classes[{i}]", f"class {info.class_names[c]!r} is not a base "
+                             "class; validation classes are base classes that play the novel role while choosing"))
+    if validation and base and base <= set(validation):
+        problems.append(("protocol.validation_classes", "every base class is a validation class: at least one must "
+                         "stay a base class while choosing"))
+    if info.train_per_class and validation:
+        need = max(p.shots) + (p.eval_images_per_class or 1)
+        for c in validation:
+            available = info.train_per_class.get(c, 0)
+            if available < need:
+                problems.append(("protocol.validation_classes", f"class {info.class_names[c]!r} has {available} "
+                                 f"training images; validation needs {max(p.shots)} shots plus held-out images"))
     return problems
 
 
@@ -395,7 +460,7 @@ def load_suite(path: str | Path) -> Suite:
 
 
 def suite_hash(suite: Suite) -> str:
-    return _hash(suite.model_dump(mode="json", by_alias=True), suite.dataset)
+    return _hash(_without_defaults(suite.model_dump(mode="json", by_alias=True), _SUITE_ADDED), suite.dataset)
 
 
 def entry_budget(suite: Suite, entry: MethodEntry) -> Budget:
@@ -425,6 +490,27 @@ def trial_spec(suite: Suite, entry: MethodEntry, shots: int, seed: int, params: 
         evaluation=suite.evaluation,
         resources=suite.resources,
     )
+
+
+def selection_spec(suite: Suite, entry: MethodEntry, shots: int, seed: int) -> TrialSpec:
+    """The trial a sweep (or any selection) scores: with ``sweep.select_on: validation`` the validation classes play
+    the novel role — base classes are the others, the novel classes' images are absent altogether, and the held-out
+    images are the validation classes' own training images that are not shots; with ``select_on: test``, the
+    protocol's trial, flagged."""
+    spec = trial_spec(suite, entry, shots, seed)
+    select_on = suite.sweep.select_on if suite.sweep is not None else "validation"
+    if select_on == "test":
+        return spec.model_copy(update={"selection": "test"})
+    info = dataset_info(suite.dataset)
+    validation = tuple(info.class_id(c) for c in suite.protocol.validation_classes)
+    if not validation:
+        raise SuiteError(suite.name, [("protocol.validation_classes", "selection needs validation classes (or "
+                                       "sweep.select_on: test, which scores on test images)")])
+    return spec.model_copy(update={
+        "base_classes": tuple(c for c in spec.base_classes if c not in validation),
+        "novel_classes": tuple(sorted(validation)),
+        "selection": "validation",
+    })
 
 
 def expand(suite: Suite, methods: list[str] | None = None) -> list[TrialSpec]:

@@ -293,8 +293,11 @@ def run_trial(
         split = make_split(
             dataset, spec.base_classes, spec.novel_classes, spec.shots, spec.seed,
             eval_images_per_class=spec.eval_images_per_class, base_images_per_class=spec.base_images_per_class,
+            heldout_from=spec.heldout_from,
         )
         result.provenance.update(_data_provenance(dataset, split))
+        result.provenance["selection"] = spec.selection  # "test": chosen on test images, flagged wherever shown
+        result.provenance["heldout_from"] = spec.heldout_from
 
         model = build_method(spec, split.task.image_shape, dataset.info.num_classes, torch_device)
         result.provenance["method_config"] = model.config.model_dump(mode="json")

@@ -618,3 +618,28 @@ def test_fingerprints_are_pinned(embedded: Dataset, tmp_path: Path) -> None:
     }
     got = {k: v if isinstance(v, str) else v.fingerprint for k, v in got.items()}
     assert got == PINNED_FINGERPRINTS
+
+
+def _rows(images: torch.Tensor) -> set[bytes]:
+    return {bytes(np.ascontiguousarray(x.numpy()).tobytes()) for x in images}
+
+
+def test_a_validation_split_holds_out_training_images_and_reads_no_test_image(embedded: Dataset) -> None:
+    """A selection trial: the validation class's held-out images are its own training images, the same for every
+    seed, never among the shots; no test image of any class is in the split."""
+    first = make_split(embedded, [0, 1], [2], shots=5, seed=0, eval_images_per_class=50, heldout_from="train")
+    second = make_split(embedded, [0, 1], [2], shots=5, seed=1, eval_images_per_class=50, heldout_from="train")
+    train, test = _rows(embedded.train.images), _rows(embedded.test.images)
+    held = _rows(first.heldout.images)
+    assert len(held) == 50 and held <= train and not held & test
+    assert set(first.heldout.labels.tolist()) == {2}
+    assert torch.equal(first.heldout.images, second.heldout.images)  # the same for every seed
+    assert not held & _rows(first.task.novel.images) and not held & _rows(second.task.novel.images)
+    assert first.shot_indices != second.shot_indices and len(first.heldout_base) == 0
+    # a protocol split of the same classes holds out test images, and the two hash apart
+    protocol = make_split(embedded, [0, 1], [2], shots=5, seed=0, eval_images_per_class=50)
+    assert _rows(protocol.heldout.images) <= test and protocol.split_hash != first.split_hash
+    with pytest.raises(ValueError, match="heldout_from"):
+        make_split(embedded, [0, 1], [2], shots=5, seed=0, heldout_from="validation")
+    with pytest.raises(ValueError, match="too few"):
+        make_split(embedded, [0, 1], [2], shots=5, seed=0, eval_images_per_class=10_000, heldout_from="train")

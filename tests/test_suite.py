@@ -199,12 +199,14 @@ def test_shipped_suites_validate(path):
 # its own config (commit 3b13645, one flat DatasetConfig) and checked equal to today's. Run directories are resumed by
 # comparing suite hashes and trial directories are named by trial id: a change here orphans every existing run.
 PINNED_HASHES = {
-    "reports/fewshot_mnist_sweep_asha/suite.yaml": ("2593944bfca5", "e02cce127cdb2643"),
+    # the ASHA sweep record now says it chose on test images (select_on: test); the default suite got validation
+    # classes: both suite hashes moved, their trial ids did not
+    "reports/fewshot_mnist_sweep_asha/suite.yaml": ("a9cbb66414f6", "e02cce127cdb2643"),
     "suites/ablation_metacgan_nc.yaml": ("9194b33d3976", "38ca40d5eb10ac90"),
     "suites/bench_bf16.yaml": ("88246848be54", "8b389c5d9fe3b52f"),
     "suites/fewshot_celeba.yaml": ("8c2ee0f60c96", "9b81aa73ce901b5f"),
     "suites/fewshot_fashion.yaml": ("c3a2fa6f65d0", "80b305882be5d62b"),
-    "suites/fewshot_mnist.yaml": ("0a9317ea4924", "e02cce127cdb2643"),
+    "suites/fewshot_mnist.yaml": ("91202cc2e2ac", "e02cce127cdb2643"),
     "suites/fewshot_mnist_full.yaml": ("3ae144012d3a", "d55f9be7c9b797ac"),
     "suites/smoke.yaml": ("a3c8ef8fd8e0", "aec2672739060de3"),
 }
@@ -264,3 +266,63 @@ def test_dataset_section_is_the_named_datasets_config():
     assert type(suite.dataset) is MNISTConfig and suite.dataset.source == "embedded"
     fashion = parse_suite(_fashion()).dataset
     assert type(fashion) is FashionMNISTConfig and fashion.source == "auto"  # what MLflow's `source` param records
+
+
+# ---- selection apart from testing (issue #13): validation classes
+
+_SWEEP = {"method": "dcgan", "metric": "fid", "mode": "min", "space": {"lr_g": {"uniform": [0.0001, 0.001]}}}
+_SCORED = {"metrics": ["fid"]}
+
+
+def _problems(data) -> list[tuple[str, str]]:
+    try:
+        parse_suite(data, "x.yaml")
+    except SuiteError as exc:
+        return exc.problems
+    return []
+
+
+def test_a_sweep_without_validation_classes_is_refused_unless_it_says_select_on_test():
+    scored = _with("evaluation", _SCORED)
+    problems = _problems(_with("sweep", _SWEEP, scored))
+    assert [loc for loc, _ in problems] == ["protocol.validation_classes"]
+    assert "sweep.select_on: test" in problems[0][1]
+    assert _problems(_with("sweep", {**_SWEEP, "select_on": "test"}, scored)) == []
+    with_validation = _with("protocol.validation_classes", [VALID["protocol"]["base_classes"][-1]],
+                            _with("sweep", _SWEEP, scored))
+    assert _problems(with_validation) == []
+
+
+def test_validation_classes_must_be_base_classes_and_leave_one_base_class():
+    base, novel = VALID["protocol"]["base_classes"], VALID["protocol"]["novel_classes"]
+    problems = _problems(_with("protocol.validation_classes", [base[0], novel[0]]))
+    assert [loc for loc, _ in problems] == ["protocol.validation_classes[1]"]
+    assert "is not a base class" in problems[0][1]
+    problems = _problems(_with("protocol.validation_classes", list(base)))
+    assert ("protocol.validation_classes", "every base class is a validation class: at least one must stay a base "
+            "class while choosing") in problems
+
+
+def test_selection_spec_puts_the_validation_classes_in_the_novel_role():
+    from harness.suite import selection_spec
+
+    base = VALID["protocol"]["base_classes"]
+    data = _with("protocol.validation_classes", [base[-1]], _with("sweep", _SWEEP, _with("evaluation", _SCORED)))
+    suite = parse_suite(data, "x.yaml")
+    spec = selection_spec(suite, suite.methods[0], suite.protocol.shots[0], suite.protocol.seeds[0])
+    assert spec.novel_classes == (base[-1],) and spec.base_classes == tuple(base[:-1])
+    assert spec.selection == "validation" and spec.heldout_from == "train"
+    assert not set(spec.novel_classes) & {3, 4}
+    on_test = parse_suite(_with("sweep", {**_SWEEP, "select_on": "test"}, _with("evaluation", _SCORED)), "x.yaml")
+    flagged = selection_spec(on_test, on_test.methods[0], 5, 0)
+    assert flagged.selection == "test" and flagged.novel_classes == (3, 4)  # "four" resolves to 4
+    # the protocol's own trials do not change: same ids as before the field existed
+    plain = parse_suite(_with("evaluation", _SCORED))
+    assert expand(suite)[0].selection == "none" and expand(suite)[0].trial_id == expand(plain)[0].trial_id
+    assert spec.trial_id != trial_spec_id(suite)
+
+
+def trial_spec_id(suite) -> str:
+    from harness.suite import trial_spec
+
+    return trial_spec(suite, suite.methods[0], suite.protocol.shots[0], suite.protocol.seeds[0]).trial_id

@@ -36,6 +36,8 @@ def test_sweep_of_four_samples_gives_four_configurations_and_a_best_one(tmp_path
     data = yaml.safe_load((ROOT / "suites" / "smoke.yaml").read_text())
     data["methods"] = [{"name": "cgan", "params": {"width": 8}, "budget": {"steps": 5}}]
     data["evaluation"]["metrics"] = ["fid"]
+    data["protocol"]["validation_classes"] = [2]  # base digit 2 plays the novel role while choosing
+    data["protocol"]["validation_classes"] = [2]
     data["sweep"] = {"method": "cgan", "metric": "fid", "mode": "min", "num_samples": 4, "max_concurrent": 2,
                      "space": {"lr_g": {"loguniform": [1e-5, 1e-3]}, "lr_d": {"loguniform": [1e-5, 1e-3]},
                                "sampling": {"choice": ["pooled", "class_balanced"]}}}
@@ -54,6 +56,16 @@ def test_sweep_of_four_samples_gives_four_configurations_and_a_best_one(tmp_path
     results = [json.loads(p.read_text()) for p in tmp_path.glob("trials/*/result.json")]
     assert len(results) == 4 and {r["spec"]["params"]["lr_g"] for r in results} == {
         t.params["lr_g"] for t in finished}
+    # every configuration was scored on the validation class, held out from its training images; the novel digits
+    # 3 and 4 were neither trained on nor scored
+    assert all(r["spec"]["novel_classes"] == [2] and r["spec"]["base_classes"] == [0, 1] for r in results)
+    assert all(r["provenance"]["heldout_from"] == "train" and r["spec"]["selection"] == "validation" for r in results)
+    assert all(set(r["provenance"]["shot_indices"]) == {"2"} for r in results)
+    assert (best["select_on"], best["scored_classes"]) == ("validation", [2])
+    from harness.report import build_report
+
+    report = (build_report(tmp_path) / "README.md").read_text()
+    assert "Scored on validation classes 2" in report and "Chosen on test images" not in report
 
 
 def test_asha_stops_unpromising_trials_and_the_best_is_a_complete_one(tmp_path):
@@ -62,6 +74,7 @@ def test_asha_stops_unpromising_trials_and_the_best_is_a_complete_one(tmp_path):
     data = yaml.safe_load((ROOT / "suites" / "smoke.yaml").read_text())
     data["methods"] = [{"name": "cgan", "params": {"width": 8}, "budget": {"steps": 16}}]
     data["evaluation"]["metrics"] = ["fid"]
+    data["protocol"]["validation_classes"] = [2]
     data["sweep"] = {"method": "cgan", "metric": "fid", "mode": "min", "num_samples": 6, "max_concurrent": 1,
                      "space": {"lr_g": {"loguniform": [1e-6, 1e-2]}, "lr_d": {"loguniform": [1e-6, 1e-2]}},
                      "asha": {"grace_period": 4, "reduction_factor": 2}}

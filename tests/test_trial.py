@@ -269,3 +269,38 @@ def test_isolated_rng_leaves_every_random_stream_where_it_was():
         inside = draw()
         draw()
     assert inside == expected and draw() == expected
+
+
+def test_a_selection_trial_is_scored_only_on_validation_images(tmp_path, smoke, monkeypatch):
+    """What the scorer receives during a sweep: the validation class's own held-out training images — never a test
+    image, never a novel class — and the method never sees a novel class either."""
+    import harness.metrics as metrics
+    from harness.suite import parse_suite, selection_spec
+
+    suite, dataset = smoke
+    data = suite.model_dump(mode="json", by_alias=True)
+    data["protocol"]["validation_classes"] = [2]
+    data["sweep"] = {"method": "cgan", "metric": "fid", "mode": "min", "space": {"lr_g": {"uniform": [1e-4, 1e-3]}}}
+    data["evaluation"]["metrics"] = ["fid"]
+    with_validation = parse_suite(data, "x.yaml")
+    spec = selection_spec(with_validation, with_validation.method_entry("cgan"), 5, 0)
+    spec = spec.model_copy(update={"budget": spec.budget.model_copy(update={"steps": 2})})
+    seen = []
+    real_evaluate = metrics.evaluate
+
+    def spy(config, ds, split, samples, device="cpu", **kwargs):
+        seen.append((split, samples.labels.unique().tolist()))
+        return real_evaluate(config, ds, split, samples, device, **kwargs)
+
+    monkeypatch.setattr(metrics, "evaluate", spy)
+    result = run_trial(spec, tmp_path, dataset=dataset, device="cpu")
+    assert result.status == "ok" and len(seen) == 1
+    split, sampled = seen[0]
+    test_rows = {bytes(x.numpy().tobytes()) for x in dataset.test.images}
+    train_rows = {bytes(x.numpy().tobytes()) for x in dataset.train.images}
+    held = {bytes(x.numpy().tobytes()) for x in split.heldout.images}
+    assert sampled == [2] and set(split.heldout.labels.tolist()) == {2}
+    assert held <= train_rows and not held & test_rows
+    task_classes = set(split.task.base.labels.tolist()) | set(split.task.novel.labels.tolist())
+    assert task_classes == {0, 1, 2}  # the novel digits 3 and 4 are absent altogether
+    assert result.provenance["selection"] == "validation" and result.provenance["heldout_from"] == "train"

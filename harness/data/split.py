@@ -96,8 +96,13 @@ def make_split(
     seed: int,
     eval_images_per_class: int | None = None,
     base_images_per_class: int | None = None,
+    heldout_from: str = "test",
 ) -> FewShotSplit:
     """Build the ``shots``-shot task for ``seed`` and its held-out evaluation data.
+
+    ``heldout_from="train"`` (a selection trial: validation classes playing the novel role) holds out *training*
+    images of the novel classes instead — ``eval_images_per_class`` of them, default half, the same for every seed —
+    and draws the shots from the rest, so choosing a configuration never reads the test split.
 
     base: all TRAIN images of ``base_classes`` (at most ``base_images_per_class`` each, picked by seed); novel:
     ``shots`` TRAIN images per novel class drawn by seed; heldout: the TEST images of the novel classes (at most
@@ -128,11 +133,21 @@ def make_split(
     train_labels = dataset.train.labels.cpu().numpy()
     test_labels = dataset.test.labels.cpu().numpy()
 
+    if heldout_from not in ("test", "train"):
+        raise ValueError(f"heldout_from must be 'test' or 'train', got {heldout_from!r}")
     shot_indices: dict[int, list[int]] = {}
     heldout_idx: list[np.ndarray] = []
     for c in novel:
         name = info.class_names[c]
         available = np.flatnonzero(train_labels == c)
+        if heldout_from == "train":
+            held = _choose(available, eval_cap or len(available) // 2, [EVAL_SEED, _EVAL, c])
+            if len(available) - len(held) < shots or len(held) == 0:
+                raise ValueError(f"validation class {c} ({name!r}) has {len(available)} training images: too few "
+                                 f"for {shots} shots and {len(held) or 'any'} held-out images")
+            heldout_idx.append(held)
+            shot_indices[c] = _choose(np.setdiff1d(available, held), shots, [seed, _SHOTS, c]).tolist()
+            continue
         if len(available) < shots:
             raise ValueError(
                 f"novel class {c} ({name!r}) has {len(available)} training images, fewer than shots={shots}"
@@ -152,7 +167,8 @@ def make_split(
     heldout_base_idx: list[np.ndarray] = []
     for c in base:
         base_idx.append(_choose(np.flatnonzero(train_labels == c), base_cap, [seed, _BASE, c]))
-        heldout_base_idx.append(_choose(np.flatnonzero(test_labels == c), eval_cap, [EVAL_SEED, _EVAL, c]))
+        if heldout_from == "test":  # a selection trial reads no test image at all
+            heldout_base_idx.append(_choose(np.flatnonzero(test_labels == c), eval_cap, [EVAL_SEED, _EVAL, c]))
 
     def cat(parts: list[np.ndarray]) -> np.ndarray:
         return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
@@ -186,10 +202,13 @@ def make_split(
         "heldout_indices": digest(heldout_index),
         "heldout_base_indices": digest(heldout_base_index),
     }
+    if heldout_from == "train":  # only then: the hashes of every earlier split stay as they were
+        record["heldout_from"] = "train"
     split_hash = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+    heldout_source = dataset.train if heldout_from == "train" else dataset.test
     return FewShotSplit(
         task=task,
-        heldout=_subset(dataset.test, heldout_index),
+        heldout=_subset(heldout_source, heldout_index),
         heldout_base=_subset(dataset.test, heldout_base_index),
         shot_indices=shot_indices,
         split_hash=split_hash,

@@ -7,7 +7,10 @@ with shared storage, is copied there after every finished trial; the best config
 command with the same ``--run-dir`` (with ``--storage``: the same run-directory name, on any machine).
 
 One sweep sample = one trial of the sweep method at the suite's first shots setting and first seed, with the sampled
-values overriding the method's params.
+values overriding the method's params, on the suite's *validation* classes (:func:`harness.suite.selection_spec`: base
+classes playing the novel role, scored on their own held-out training images), so the novel classes' test images,
+which the final scores use, never inform the choice. ``sweep.select_on: test`` scores on those test images instead;
+the outcome, every trial and the report say so.
 
 With ``sweep.asha`` the trials evaluate the metric every ``eval_every`` steps and Tune's ``ASHAScheduler`` stops the
 unpromising ones (time attribute ``step``). Stopped trials enter the study as *pruned* with their intermediate values
@@ -29,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from ray.tune.search.optuna import OptunaSearch
 
 from harness.executors.ray_tune import _fit, _spec_of
-from harness.suite import ParamSpace, Suite, trial_spec
+from harness.suite import ParamSpace, Suite, selection_spec
 
 if TYPE_CHECKING:
     from harness.console import RunProgress
@@ -168,6 +171,8 @@ class SweepOutcome:
     storage: str
     stopped_early: int = 0  # by the ASHA scheduler
     scheduler: str | None = None
+    select_on: str = "validation"  # "test": the best value was measured on the novel classes' test images
+    scored_classes: tuple[int, ...] = ()  # the classes whose held-out images scored the configurations
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2, default=str))
@@ -196,7 +201,7 @@ def run_sweep(
     sweep_dir = run_dir / "sweep"
     sweep_dir.mkdir(parents=True, exist_ok=True)
     storage_url = f"sqlite:///{sweep_dir / 'optuna.db'}"
-    base = trial_spec(suite, suite.method_entry(sweep.method), suite.protocol.shots[0], suite.protocol.seeds[0])
+    base = selection_spec(suite, suite.method_entry(sweep.method), suite.protocol.shots[0], suite.protocol.seeds[0])
 
     searcher = FinalMetricOptunaSearch(
         space=optuna_space(sweep.space),
@@ -242,6 +247,6 @@ def run_sweep(
         best_value = float(best.metrics[sweep.metric])
         best_trial = _spec_of(best.config).trial_id
     outcome = SweepOutcome(sweep.metric, sweep.mode, best_value, best_params, best_trial, len(grid), storage_url,
-                           stopped, scheduler_name)
+                           stopped, scheduler_name, sweep.select_on, base.novel_classes)
     outcome.write(sweep_dir / "best.json")
     return outcome

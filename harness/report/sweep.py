@@ -18,7 +18,7 @@ def sweep_section(directory: Path | None) -> Section | None:
     """A "Sweep" section with every study of every Optuna storage under ``directory`` (None: no sweep)."""
     if directory is None:
         return None
-    blocks: list[Any] = []
+    blocks: list[Any] = _selection_blocks(directory)
     for storage_name, storage in _optuna_storages(directory):
         import optuna
 
@@ -30,6 +30,26 @@ def sweep_section(directory: Path | None) -> Section | None:
         for name in names:
             blocks += _study_blocks(optuna.load_study(study_name=name, storage=storage), name)
     return Section("Sweep", blocks) if blocks else None
+
+
+def _selection_blocks(directory: Path) -> list[Any]:
+    """What the sweep's configurations were scored on, from ``best.json`` (sweeps before validation classes did not
+    record it, and get no line)."""
+    import json
+
+    try:
+        best = json.loads((Path(directory) / "best.json").read_text())
+    except (OSError, ValueError):
+        return []
+    if best.get("select_on") == "test":
+        return [Text("**Chosen on test images** (`sweep.select_on: test`): every configuration was scored on the "
+                     "novel classes' held-out test images, the images the final scores use — the best value is "
+                     "optimistic, and results of the chosen configuration are not unseen.")]
+    if best.get("select_on") == "validation":
+        classes = ", ".join(str(c) for c in best.get("scored_classes") or [])
+        return [Text(f"Scored on validation classes {classes}: base classes playing the novel role, on their own "
+                     "held-out training images; the novel classes and every test image were unseen while choosing.")]
+    return []
 
 
 def _optuna_storages(directory: Path) -> list[tuple[str, Any]]:
