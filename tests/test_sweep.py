@@ -127,6 +127,7 @@ def test_interrupted_sweep_restores_with_the_searchers_history(tmp_path, elsewhe
     data["methods"] = [{"name": "cgan", "params": {"width": 8}, "budget": {"steps": 300}}]
     data["evaluation"]["metrics"] = ["fid"]
     data["resources"] = {"cpu": 2}  # one sample at a time
+    data["protocol"]["validation_classes"] = [2]
     data["sweep"] = {"method": "cgan", "metric": "fid", "mode": "min", "num_samples": 4,
                      "space": {"lr_g": {"loguniform": [1e-5, 1e-3]}}}
     suite_file = tmp_path / "sweep.yaml"
