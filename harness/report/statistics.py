@@ -181,12 +181,14 @@ def _finite(x: Any) -> bool:
 
 def fmt_difference(d: PairedDifference) -> str:
     """A matrix cell: ``-1.0 [-1.5, -0.5] p=0.031`` (mean and CI to the CI width's second significant digit, the
-    Holm p to two), ``n=1`` when there is no interval, "–" without pairs."""
+    Holm p to two), ``(n=1)`` when there is no interval, "–" without pairs."""
     if d.n == 0:
         return "–"
     width = d.ci_high - d.ci_low
     if math.isnan(width):
         return f"{d.mean:.4g} (n={d.n})"
-    decimals = 4 if width == 0 else min(6, max(0, 1 - math.floor(math.log10(abs(width)))))
     p = "–" if math.isnan(d.p_holm) else f"{d.p_holm:.2g}"
+    if width == 0:  # every resample the same: a constant difference
+        return f"{d.mean:.4g} [{d.ci_low:.4g}, {d.ci_high:.4g}] p={p}"
+    decimals = min(6, max(0, 1 - math.floor(math.log10(abs(width)))))
     return f"{d.mean:.{decimals}f} [{d.ci_low:.{decimals}f}, {d.ci_high:.{decimals}f}] p={p}"
