@@ -45,8 +45,9 @@ class Report:
     def __init__(self, data: ReportData) -> None:
         self.data = data
         trials = data.trials.copy()
-        # several trials of one method at the same shots and seed (a sweep's samples) are rows of their own
-        clash = trials.duplicated(["label", "shots", "seed"], keep=False)
+        # several trials of one method at the same shots, class split and seed (a sweep's samples) are rows of
+        # their own; trials on different class splits are the same method's repetitions
+        clash = trials.duplicated(["label", "shots", "split", "seed"], keep=False)
         trials["base_label"] = trials["label"]
         trials.loc[clash, "label"] = _distinguishing_labels(trials[clash])
         self.trials = trials
