@@ -203,7 +203,7 @@ class Report:
                             + ([Cell("")] if collapse else []), kind="reference"))
         if not rows:
             return None
-        notes = ["mean ± 95 % confidence interval over seeds (Student t)."]
+        notes = ["mean ± 95 % confidence interval over trials, one per (class split, seed) (Student t)."]
         if ranked:
             notes.append(f"**bold** and the *{BEST_ROW}* row: the method that beats every other method in paired "
                          "comparisons over (class split, seed) — Holm-corrected Wilcoxon signed-rank "
