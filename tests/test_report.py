@@ -318,8 +318,8 @@ def test_directions_targets_and_reference_rows_come_from_the_registry(tmp_path):
             })
     readme = (build_report(run_dir) / "README.md").read_text()
     header = next(line for line in readme.splitlines() if line.startswith("| method | fid"))
-    assert [c.strip() for c in header.strip("|").split(" | ")][1:] == ["fid ↓", "accuracy ↑", "memorisation (≈ 1)",
-                                                                    "collapsed"]
+    assert [c.strip() for c in header.strip("|").split(" | ")][1:] == [
+        "fid ↓", "accuracy ↑", "memorisation (≈ 1)", "collapsed"]
     a, b, best, real, classic = _table_rows(readme, "Metrics, 5 shots")
     assert a[1] == "10.5 ± 6.4" and b[1] == "11.5 ± 6.4"  # two seeds: no significant winner
     assert best[1:] == ["tied", "tied", "", ""]  # a target is not ranked: no verdict

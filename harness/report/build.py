@@ -1,15 +1,16 @@
 """The report builder: :class:`ReportData` (two DataFrames) → sections of tables, figures and image grids.
 
-Content, per shots setting: methods × metrics as mean ± 95 % CI over seeds (Student t; n = 1 has no interval and
-says so), each key marked with its registry direction (↑/↓) or target (≈ 1, never ranked), and each method's
-collapse rate (the registry's collapse rules, :func:`harness.metrics.table.collapsed`); a method bold, and named in
-the "best (paired)" row, only where it beats every other method in paired comparisons over (class split, seed)
-(:func:`harness.report.statistics.compare`), "tied" otherwise — no winner inside the noise; a matrix of the paired
-differences per ranked headline metric; reference rows — values the registry declares as the reference of a generator key (real-data IS ceiling,
-real-vs-real FID floor, the real-only and classic-augmentation accuracy baselines) — under the methods, in that key's
-column; per-class tables; bar charts with CIs; metric vs shots when several shots ran; a sample grid per method ×
-novel class (seed 0, else the lowest seed); final losses and fit times; failed trials with their errors; the trials (collapsed ones marked); the sweep
-section (:mod:`harness.report.sweep`); a provenance footer.
+Content, per shots setting: methods × metrics as mean ± 95 % CI over (class split, seed) trials (Student t; n = 1
+has no interval and says so), each key marked with its registry direction (↑/↓) or target (≈ 1, never ranked), and
+each method's collapse rate (the registry's collapse rules, :func:`harness.metrics.table.collapsed`); a method bold,
+and named in the "best (paired)" row, only where it beats every other method in paired comparisons over (class
+split, seed) (:func:`harness.report.statistics.compare`), "tied" otherwise — no winner inside the noise; a matrix of
+the paired differences per ranked headline metric; reference rows — values the registry declares as the reference
+of a generator key (real-data IS ceiling, real-vs-real FID floor, the real-only and classic-augmentation accuracy
+baselines) — under the methods, in that key's column; per-class tables; bar charts with CIs; metric vs shots when
+several shots ran; a sample grid per method × novel class (seed 0, else the lowest seed); final losses and fit
+times; failed trials with their errors; the trials (collapsed ones marked); the sweep section
+(:mod:`harness.report.sweep`); a provenance footer.
 """
 
 from __future__ import annotations
