@@ -206,7 +206,7 @@ class Report:
             return None
         notes = ["mean ± 95 % confidence interval over trials, one per (class split, seed) (Student t)."]
         if ranked:
-            notes.append(f"**bold** and the *{BEST_ROW}* row: the method that beats every other method in paired "
+            notes.append(f"**bold** and the \"{BEST_ROW}\" row: the method that beats every other method in paired "
                          "comparisons over (class split, seed) — Holm-corrected Wilcoxon signed-rank "
                          f"p < {ALPHA} and a bootstrap CI of the difference that excludes 0 (↑ higher is better, "
                          "↓ lower is better); \"tied\" where none does.")
