@@ -272,6 +272,16 @@ def test_single_seed_and_zero_metric_runs_say_so(tmp_path):
     assert (run_dir / "report" / "figures" / "fit-time-5.png").is_file()
 
 
+def test_one_seed_has_no_paired_matrix_and_no_winner(tmp_path):
+    run_dir = tmp_path / "run"
+    _constructed_run(run_dir)
+    for path in run_dir.glob("trials/*seed[12]-*"):
+        shutil.rmtree(path)
+    readme = (build_report(run_dir) / "README.md").read_text()
+    assert "paired differences" not in readme
+    assert _table_rows(readme, "Metrics, 5 shots")[2][:4] == ["*best (paired)*", "tied", "tied", "tied"]
+
+
 def test_sweep_section_shows_optuna_history_and_importances(tmp_path):
     import optuna
 

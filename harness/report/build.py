@@ -288,7 +288,7 @@ class Report:
     def _paired_tables(self, shots: int, columns: list[tuple[str, Direction]]) -> list[Table]:
         """One matrix per ranked headline key (pooled generator keys; a target such as memorisation's ≈ 1 is not
         ranked): cell (row, column) = row − column paired over (class split, seed), bold where the row method is
-        significantly better."""
+        significantly better. None where no two methods share two pairs: one difference has no spread to show."""
         tables = []
         for key, direction in columns:
             if not direction.ranked:
@@ -302,6 +302,8 @@ class Report:
                                                           title=f"n={d.n} pairs, Wilcoxon p={d.p:.3g}")
                             for b in methods]) for a in methods]
             upper = [comparison.pairs[a, b] for i, a in enumerate(methods) for b in methods[i + 1:]]
+            if max(d.n for d in upper) < 2:  # single pairs (a sweep's samples, one seed): the table says it all
+                continue
             counts = sorted({d.n for d in upper})
             over = (f"over {counts[0]} (split, seed) pairs" if len(counts) == 1
                     else f"over {counts[0]}–{counts[-1]} (split, seed) pairs (the pairs both methods ran)")
