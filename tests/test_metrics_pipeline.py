@@ -351,3 +351,22 @@ def test_run_trial_records_every_metric_with_direction(cache, mnist, smoke_spec,
     assert stored.provenance["evaluator"] == "domain_classifier"
     assert stored.provenance["evaluator_test_accuracy"] >= 0.97
     assert stored.provenance["reference_cache"] == "miss"
+
+
+def test_collapse_rule_fires_on_noise_and_not_on_real_images(cache, evaluator, mnist, smoke_spec):
+    """The registry's collapse rule on class consistency computed by the (tiny) evaluator: uniform noise labelled
+    as the novel classes is collapsed, unseen real images of those classes are not, and a trial without the metric
+    is unknown."""
+    from harness.metrics.table import collapsed
+
+    spec = _with_evaluation(smoke_spec, metrics=["class_consistency"])
+    split = _split(mnist, spec)
+    real = _unseen_real(mnist, split, 50)
+    g = torch.Generator().manual_seed(0)
+    noise = LabeledImages(torch.rand(real.images.shape, generator=g), real.labels)
+    n = len(spec.novel_classes)
+    real_values = headline_values(evaluate(spec.evaluation, mnist, split, real, evaluator_settings=TINY).metrics)
+    noise_values = headline_values(evaluate(spec.evaluation, mnist, split, noise, evaluator_settings=TINY).metrics)
+    assert collapsed(real_values, n) is False and real_values["class_consistency"] > 0.8
+    assert collapsed(noise_values, n) is True and noise_values["class_consistency"] <= 1.5 / n
+    assert collapsed({k: v for k, v in noise_values.items() if not k.startswith("class_consistency")}, n) is None

@@ -77,13 +77,19 @@ def test_report_from_a_run_directory_has_every_method_row(tracked_run):
     tables = ["Final losses and times, 5 shots"] + (["Metrics, 5 shots"] if has_metrics else [])
     for title in tables:
         rows = _table_rows(readme, title)
+        values = slice(1, -1) if title.startswith("Metrics") else slice(1, None)  # the last: collapse rate
         assert [r[0] for r in rows if not r[0].startswith("*")] == labels, title
-        assert all("±" in cell for r in rows if not r[0].startswith("*") for cell in r[1:] if cell), rows
+        assert all("±" in cell for r in rows if not r[0].startswith("*") for cell in r[values] if cell), rows
     if has_metrics:
         header = next(line for line in readme.splitlines() if line.startswith("| method | accuracy"))
-        assert "accuracy ↑" in header  # direction from the registry
-        refs = [r[0] for r in _table_rows(readme, "Metrics, 5 shots") if r[0].startswith("*")]
-        assert refs == ["*real data (reference)*", "*classic_aug (baseline)*"]
+        assert "accuracy ↑" in header and header.endswith("| collapsed |")  # direction from the registry
+        rows = _table_rows(readme, "Metrics, 5 shots")
+        assert [r[0] for r in rows if r[0].startswith("*")] == [
+            "*best (paired)*", "*real data (reference)*", "*classic_aug (baseline)*"]
+        assert rows[0][-1] == "unknown"  # no class_consistency: no collapse verdict, not 0
+        assert rows[len(labels)][1] == "tied"  # two seeds cannot make a winner
+        assert "**accuracy ↑: paired differences (row − column), 5 shots**" in readme
+        assert "over 2 (split, seed) pairs" in readme
     samples = _table_rows(readme, "Samples, 5 shots")
     assert [r[0] for r in samples] == ["real shots (seed 0)", *[f"{m} (seed 0)" for m in labels]]
     for name in [p.split("](")[1].rstrip(")") for r in samples for p in r[1:]]:
@@ -175,10 +181,12 @@ def test_html_report_renders_tables_and_images_in_headless_chromium(tracked_run,
 
 
 def _write_trial(run_dir: Path, label: str, shots: int, seed: int, metrics: dict, *, status: str = "ok",
-                 error: str | None = None) -> None:
-    trial_id = f"{label}{shots}{seed}".ljust(12, "0")[:12]
-    name = f"{label}-{shots}shot-seed{seed}"
-    spec = {"label": label, "method": label, "shots": shots, "seed": seed, "novel_classes": [3, 4]}
+                 error: str | None = None, split: int | None = None) -> None:
+    """One trial's result.json; ``split``: a class-split id in the spec (results before class splits have none)."""
+    trial_id = f"{label}{shots}{seed}{'' if split is None else f's{split}'}".ljust(12, "0")[:12]
+    name = f"{label}-{shots}shot-seed{seed}" + ("" if split is None else f"-split{split}")
+    spec = {"label": label, "method": label, "shots": shots, "seed": seed, "novel_classes": [3, 4],
+            **({} if split is None else {"split": split})}
     result = TrialResult(trial_id, name, status, spec, metrics=metrics_from_json(metrics),
                          final_losses={"loss_g": 1.0 + seed},
                          provenance={"data_source": "embedded:test", "split_hash": f"split{shots}{seed}",
@@ -227,21 +235,28 @@ def test_statistics_directions_reference_rows_and_failures_on_constructed_result
     readme = (out / "README.md").read_text()
     rows = _table_rows(readme, "Metrics, 5 shots")
     header = next(line for line in readme.splitlines() if line.startswith("| method | fid"))
-    assert [c.strip() for c in header.strip("|").split(" | ")][1:] == ["fid ↓", "is ↑", "score ↓"]
-    assert [r[0] for r in rows] == ["zeta", "alpha", "*real data (reference)*"]  # suite order, then references
-    zeta, alpha, real = rows
-    assert zeta[1] == "**11.0 ± 2.5**" and alpha[1] == "12.0 ± 2.5"  # fid: lower is better
-    assert alpha[2] == "**3.0 ± 2.5**" and zeta[2] == "2.0 ± 2.5"  # is: higher is better
-    assert zeta[3] == "**1.0 ± 2.5**"  # score: the stored flag says lower is better
+    assert [c.strip() for c in header.strip("|").split(" | ")][1:] == ["fid ↓", "is ↑", "score ↓", "collapsed"]
+    # suite order, the paired verdict, then references
+    assert [r[0] for r in rows] == ["zeta", "alpha", "*best (paired)*", "*real data (reference)*"]
+    zeta, alpha, best, real = rows
+    # zeta's fid is lower on every seed, but 3 seeds cannot make a significant difference: no bold, "tied"
+    assert zeta[1:] == ["11.0 ± 2.5", "2.0 ± 2.5", "1.0 ± 2.5", "unknown"]
+    assert alpha[1:] == ["12.0 ± 2.5", "3.0 ± 2.5", "3.0 ± 2.5", "unknown"]
+    assert best[1:] == ["tied", "tied", "tied", ""]
     assert real[1] == "2.5 ± 2.5" and real[2] == "4 ± 0" and real[3] == ""
+    fid = _table_rows(readme, "fid ↓: paired differences (row − column), 5 shots")
+    assert fid == [["zeta", "–", "-1 [-1, -1] p=0.25"], ["alpha", "1 [1, 1] p=0.25", "–"]]
+    assert "over 3 (split, seed) pairs" in readme and "fewer than 6 pairs" in readme
     per_class = _table_rows(readme, "fid ↓ per class, 5 shots")
-    assert [r[0] for r in per_class] == ["zeta", "alpha"] and per_class[0][1] == "**12.0 ± 2.5**"
+    assert [r[0] for r in per_class] == ["zeta", "alpha", "*best (paired)*"] and per_class[0][1] == "12.0 ± 2.5"
     assert (out / "figures" / "vs-shots.png").stat().st_size > 0  # several shots settings ran
     failed = _table_rows(readme, "Failed trials")
     assert failed == [["alpha-5shot-seed3", "alpha", "5", "3", "failed", "TrialDiverged: non-finite loss at step 7"]]
     assert "abc123" in readme and "harness run x.yaml" in readme and "embedded:test" in readme
     page = (out / "index.html").read_text()
-    assert "<strong>11.0 ± 2.5</strong>" in page and 'http' not in page.replace("http-equiv", "")
+    assert "<strong>" not in page.split("Trials")[0] and 'http' not in page.replace("http-equiv", "")
+    trials = _table_rows(readme, "Trials")
+    assert trials[0][-1] == "unknown" and next(r for r in trials if r[2] == "failed")[-1] == "–"
 
 
 def test_single_seed_and_zero_metric_runs_say_so(tmp_path):
@@ -255,6 +270,16 @@ def test_single_seed_and_zero_metric_runs_say_so(tmp_path):
     rows = _table_rows(readme, "Final losses and times, 5 shots")
     assert [r[0] for r in rows] == ["zeta", "alpha"] and rows[0][1] == "1"
     assert (run_dir / "report" / "figures" / "fit-time-5.png").is_file()
+
+
+def test_one_seed_has_no_paired_matrix_and_no_winner(tmp_path):
+    run_dir = tmp_path / "run"
+    _constructed_run(run_dir)
+    for path in run_dir.glob("trials/*seed[12]-*"):
+        shutil.rmtree(path)
+    readme = (build_report(run_dir) / "README.md").read_text()
+    assert "paired differences" not in readme
+    assert _table_rows(readme, "Metrics, 5 shots")[2][:4] == ["*best (paired)*", "tied", "tied", "tied"]
 
 
 def test_sweep_section_shows_optuna_history_and_importances(tmp_path):
@@ -303,11 +328,14 @@ def test_directions_targets_and_reference_rows_come_from_the_registry(tmp_path):
             })
     readme = (build_report(run_dir) / "README.md").read_text()
     header = next(line for line in readme.splitlines() if line.startswith("| method | fid"))
-    assert [c.strip() for c in header.strip("|").split(" | ")][1:] == ["fid ↓", "accuracy ↑", "memorisation (≈ 1)"]
-    a, b, real, classic = _table_rows(readme, "Metrics, 5 shots")
-    assert a[1] == "**10.5 ± 6.4**" and b[1] == "11.5 ± 6.4"  # the lower mean is the best
-    assert b[2].startswith("**") and not a[2].startswith("**")
-    assert not any(row[3].startswith("**") for row in (a, b))  # a target is not ranked
+    assert [c.strip() for c in header.strip("|").split(" | ")][1:] == [
+        "fid ↓", "accuracy ↑", "memorisation (≈ 1)", "collapsed"]
+    a, b, best, real, classic = _table_rows(readme, "Metrics, 5 shots")
+    assert a[1] == "10.5 ± 6.4" and b[1] == "11.5 ± 6.4"  # two seeds: no significant winner
+    assert best[1:] == ["tied", "tied", "", ""]  # a target is not ranked: no verdict
+    assert not any(cell.startswith("**") for row in (a, b) for cell in row)
+    assert "memorisation (≈ 1): paired differences" not in readme  # nor compared
+    assert "fid ↓: paired differences (row − column), 5 shots" in readme
     assert (real[0], real[2]) == ("*real data (reference)*", "0.5 ± 0")
     assert (classic[0], classic[2]) == ("*classic_aug (baseline)*", "0.55 ± 0")
     assert "(≈ 1) per class" not in readme  # no per-class memorisation was stored
@@ -344,3 +372,62 @@ def test_mean_ci_and_its_printed_form_against_hand_computed_values():
     assert fmt(mean, ci) == "2.5 ± 2.1"  # decimals down to the CI's second significant digit
     assert fmt(0.123456, 0.00123) == "0.1235 ± 0.0012"
     assert fmt(1505.7383) == "1506" and fmt(4.0, 0.0) == "4 ± 0" and fmt(math.nan) == "–"
+
+
+def test_best_is_bold_only_when_paired_differences_over_split_and_seed_are_significant(tmp_path):
+    """Two class splits × four seeds = 8 (split, seed) pairs. ``a`` has the lowest FID on every pair: bold, named
+    in the best row, its matrix cells bold. On IS, ``a`` and ``b`` differ by ±0.1 alternately: tied, though their
+    means differ. ``c`` misses one trial: its comparisons use the 7 pairs it shares."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "suite.yaml").write_text(yaml.safe_dump({"name": "paired", "methods": [
+        {"name": "a"}, {"name": "b"}, {"name": "c"}], "evaluation": {"metrics": ["fid", "is"]}}))
+    for split in (0, 1):
+        for seed in range(4):
+            i = 4 * split + seed
+            task = 3.0 * split + 0.5 * seed  # what the split and seed contribute to every method alike
+            for label, offset in (("a", 0.0), ("b", 1.0), ("c", 2.0)):
+                if (label, split, seed) == ("c", 1, 3):
+                    continue
+                wobble = 0.1 * (-1) ** i if label == "b" else 0.0
+                _write_trial(run_dir, label, 5, seed, {
+                    "fid": _value(20.0 + task + offset + 0.05 * i * (label == "c"), False, metric="fid"),
+                    "is": _value(2.0 + task + wobble + (label == "c"), True, metric="is"),
+                    "class_consistency": _value(0.9, True, metric="class_consistency"),
+                }, split=split)
+    readme = (build_report(run_dir) / "README.md").read_text()
+    a, b, c, best = _table_rows(readme, "Metrics, 5 shots")
+    assert a[1].startswith("**") and not b[1].startswith("**") and not c[1].startswith("**")
+    assert best[1:] == ["a", "c", "tied", ""]  # fid: a; is: c beats a and b, which tie; class consistency: equal
+    assert [r[-1] for r in (a, b, c)] == ["0/8", "0/8", "0/7"]
+    fid = _table_rows(readme, "fid ↓: paired differences (row − column), 5 shots")
+    assert fid[0][0] == "a" and fid[0][2].startswith("**-1 [-1, -1] p=") and fid[0][3].startswith("**-2.")
+    assert not fid[1][1].startswith("**") and fid[1][3].startswith("**")  # b beats c, not a
+    assert "over 7–8 (split, seed) pairs (the pairs both methods ran)" in readme
+    is_ = _table_rows(readme, "is ↑: paired differences (row − column), 5 shots")
+    assert not is_[0][2].startswith("**") and not is_[1][1].startswith("**")  # a vs b: inside the noise
+    assert "best: a." in readme and "best: c." in readme and "every paired difference is 0" in readme
+
+
+def test_a_winner_by_one_collapsed_seed_in_three_looks_different_from_one_that_never_collapses(tmp_path):
+    """``lucky`` has the lowest mean FID, bought with a seed whose generator collapsed (class consistency 0.3 with
+    two novel classes: below 1.5 × chance); ``steady`` never collapses. The old rule (lowest mean) made lucky bold;
+    now the table says tied, shows 1/3 collapsed beside 0/3, and marks the collapsed trial."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "suite.yaml").write_text(yaml.safe_dump({"name": "collapse", "methods": [
+        {"name": "steady"}, {"name": "lucky"}], "evaluation": {"metrics": ["fid", "class_consistency"]}}))
+    for seed, (fid_s, fid_l, cc_l) in enumerate([(20.0, 21.0, 0.9), (21.0, 22.0, 0.88), (22.0, 4.0, 0.3)]):
+        _write_trial(run_dir, "steady", 5, seed, {"fid": _value(fid_s, False, metric="fid"),
+                                                   "class_consistency": _value(0.9, True, metric="class_consistency")})
+        _write_trial(run_dir, "lucky", 5, seed, {"fid": _value(fid_l, False, metric="fid"),
+                                                  "class_consistency": _value(cc_l, True, metric="class_consistency")})
+    readme = (build_report(run_dir) / "README.md").read_text()
+    steady, lucky, best = _table_rows(readme, "Metrics, 5 shots")
+    assert float(lucky[1].split()[0]) < float(steady[1].split()[0])  # the better mean
+    assert not lucky[1].startswith("**") and best[1:3] == ["tied", "tied"]
+    assert (steady[-1], lucky[-1]) == ("0/3", "1/3")
+    assert "`class_consistency` ≤ 1.5 × chance (1 / number of novel classes)" in readme
+    marks = {r[0]: r[-1] for r in _table_rows(readme, "Trials")}
+    assert marks["lucky-5shot-seed2"] == "**yes**" and marks["lucky-5shot-seed0"] == "no"
+    assert marks["steady-5shot-seed2"] == "no"

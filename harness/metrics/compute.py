@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from harness.metrics.table import HIGHER, LOWER, METRICS, Key, register_metric, target
+from harness.metrics.table import HIGHER, LOWER, METRICS, Key, near_chance, register_metric, target
 
 if TYPE_CHECKING:
     from harness.metrics.context import EvaluationContext
@@ -98,7 +98,8 @@ def compute_prc(ctx: EvaluationContext) -> Values:
     "class_consistency", "share of samples of class c the domain classifier assigns to c, beside its accuracy on "
     "held-out real images (class_consistency_real)",
     Key("class_consistency", HIGHER, per_class=True),
-    Key("class_consistency_real", HIGHER, reference_of="class_consistency"))
+    Key("class_consistency_real", HIGHER, reference_of="class_consistency"),
+    collapse=near_chance("class_consistency"))
 def compute_class_consistency(ctx: EvaluationContext) -> Values:
     """Share of the samples of class c the evaluator assigns to c, per class and pooled, beside the evaluator's
     accuracy on the held-out real images of the same classes (``class_consistency_real``)."""

@@ -24,8 +24,9 @@ declarations, never from the key's spelling: :func:`key_spec` maps ``fid_real_fl
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,8 +34,9 @@ if TYPE_CHECKING:
     from harness.metrics.value import MetricValue
 
 __all__ = [
-    "HIGHER", "LOWER", "METRICS", "UNKNOWN", "Direction", "Key", "MetricSpec", "MetricTable", "class_key",
-    "direction_of", "key_spec", "register_metric", "split_class_key", "target",
+    "HIGHER", "LOWER", "METRICS", "UNKNOWN", "CollapseRule", "Direction", "Key", "MetricSpec", "MetricTable",
+    "class_key", "collapsed", "direction_of", "key_spec", "near_chance", "register_metric", "split_class_key",
+    "target",
 ]
 
 _CLASS_SUFFIX = re.compile(r"^(?P<base>.+)/class_(?P<cls>-?\d+)$")
@@ -116,13 +118,48 @@ class Key:
 
 
 @dataclass(frozen=True)
+class CollapseRule:
+    """When one trial's values say its generator collapsed (a failed trial that still produced numbers): declared
+    with the metric whose key it reads (``register_metric(..., collapse=near_chance(...))``), so the report, and
+    anything else that counts failures, asks the table and never restates a threshold.
+
+    ``key``: the pooled key read; ``fires(value, n_novel_classes) -> bool``; ``text``: the rule in words, for the
+    report's notes. A rule looks at one trial alone, on purpose: whether a trial collapsed must not depend on which
+    other trials ran beside it (a rule relative to the suite's spread would change verdicts as methods are added,
+    and could not be checked when a single trial is reproduced)."""
+
+    key: str
+    fires: Callable[[float, int], bool]
+    text: str
+
+
+def near_chance(key: str, factor: float = 1.5) -> CollapseRule:
+    """Collapsed when ``key`` (a share of samples the evaluator assigns to their intended class) is at most
+    ``factor`` × chance, chance being 1 / the number of novel classes.
+
+    Why this rule: a generator that ignores its class input, or emits one mode or noise, gets about 1 / n of its
+    samples "right" (the evaluator's guess lands on the intended class as often as a fixed or random guess among
+    the n novel classes would; a guess outside them scores less), whatever the images look like. A working
+    generator's samples are recognised far above that: the evaluator is trained to high accuracy on real images of
+    every class, so even a blurry but class-faithful generator clears 1.5 / n with room. The factor 1.5 leaves
+    room above chance for the sampling noise of a few hundred samples without calling a weak but working generator
+    collapsed (with 2 novel classes: 0.75; with 5: 0.3)."""
+    def fires(value: float, n_classes: int) -> bool:
+        return n_classes > 0 and value <= factor / n_classes
+
+    return CollapseRule(key, fires, f"`{key}` ≤ {factor:g} × chance (1 / number of novel classes)")
+
+
+@dataclass(frozen=True)
 class MetricSpec:
-    """A registered metric: ``compute(EvaluationContext) -> {flat key: MetricValue}`` and the keys it declares."""
+    """A registered metric: ``compute(EvaluationContext) -> {flat key: MetricValue}`` and the keys it declares;
+    ``collapse``: the rule, if any, by which this metric's value marks a trial as collapsed."""
 
     name: str
     description: str
     keys: tuple[Key, ...]
     compute: Callable[[Any], dict[str, MetricValue]]
+    collapse: CollapseRule | None = None
 
     @property
     def headline(self) -> Key:
@@ -203,9 +240,11 @@ class MetricTable:
 METRICS = MetricTable()
 
 
-def register_metric(name: str, description: str, *keys: Key) -> Callable[[Callable], Callable]:
+def register_metric(name: str, description: str, *keys: Key,
+                    collapse: CollapseRule | None = None) -> Callable[[Callable], Callable]:
     """Declare the function below as metric ``name`` producing ``keys`` (lm-evaluation-harness's
-    ``register_metric`` shape). Every ``reference_of`` must name a key of the same metric."""
+    ``register_metric`` shape). Every ``reference_of`` must name a key of the same metric; a ``collapse`` rule
+    reads one of its keys."""
     if not keys:
         raise ValueError(f"metric {name!r} declares no keys")
     names = [k.name for k in keys]
@@ -220,8 +259,11 @@ def register_metric(name: str, description: str, *keys: Key) -> Callable[[Callab
             raise ValueError(f"metric {name!r}: per-class key {key.name!r} references {key.reference_of!r}, which "
                              "has no per-class values")
 
+    if collapse is not None and collapse.key not in names:
+        raise ValueError(f"metric {name!r}: its collapse rule reads {collapse.key!r}, which it does not declare")
+
     def decorate(fn: Callable) -> Callable:
-        METRICS.register(MetricSpec(name, description, keys, fn))
+        METRICS.register(MetricSpec(name, description, keys, fn, collapse))
         return fn
 
     return decorate
@@ -250,6 +292,23 @@ def key_spec(key: str, metric: str | None = None) -> tuple[MetricSpec, Key] | No
             if declared.name == base and (label is None or declared.per_class):
                 return spec, declared
     return None
+
+
+def collapsed(values: Mapping[str, float], n_classes: int) -> bool | None:
+    """Whether one trial collapsed, by the collapse rules of the registered metrics: ``values`` is the trial's
+    {flat key: value}, ``n_classes`` its number of novel classes. True when any rule whose key has a finite value
+    fires, False when at least one such rule was checked and none fired, None (unknown — not "no") when no rule's
+    key was computed (e.g. a suite without ``class_consistency``): a report shows that as unknown, never as 0."""
+    verdict = None
+    for name in METRICS.names():
+        rule = METRICS.get(name).collapse
+        value = values.get(rule.key) if rule is not None else None
+        if value is None or not math.isfinite(float(value)):
+            continue
+        if rule.fires(float(value), n_classes):
+            return True
+        verdict = False
+    return verdict
 
 
 def direction_of(key: str, metric: str | None = None) -> Direction | None:

@@ -1,12 +1,16 @@
 """The report builder: :class:`ReportData` (two DataFrames) → sections of tables, figures and image grids.
 
-Content, per shots setting: methods × metrics as mean ± 95 % CI over seeds (Student t; n = 1 has no interval and
-says so), each key marked with its registry direction (↑/↓) or target (≈ 1, never ranked), the best method bold;
-reference rows — values the registry declares as the reference of a generator key (real-data IS ceiling,
-real-vs-real FID floor, the real-only and classic-augmentation accuracy baselines) — under the methods, in that key's
-column; per-class tables; bar charts with CIs; metric vs shots when several shots ran; a sample grid per method ×
-novel class (seed 0, else the lowest seed); final losses and fit times; failed trials with their errors; the sweep
-section (:mod:`harness.report.sweep`); a provenance footer.
+Content, per shots setting: methods × metrics as mean ± 95 % CI over (class split, seed) trials (Student t; n = 1
+has no interval and says so), each key marked with its registry direction (↑/↓) or target (≈ 1, never ranked), and
+each method's collapse rate (the registry's collapse rules, :func:`harness.metrics.table.collapsed`); a method bold,
+and named in the "best (paired)" row, only where it beats every other method in paired comparisons over (class
+split, seed) (:func:`harness.report.statistics.compare`), "tied" otherwise — no winner inside the noise; a matrix of
+the paired differences per ranked headline metric; reference rows — values the registry declares as the reference
+of a generator key (real-data IS ceiling, real-vs-real FID floor, the real-only and classic-augmentation accuracy
+baselines) — under the methods, in that key's column; per-class tables; bar charts with CIs; metric vs shots when
+several shots ran; a sample grid per method × novel class (seed 0, else the lowest seed); final losses and fit
+times; failed trials with their errors; the trials (collapsed ones marked); the sweep section
+(:mod:`harness.report.sweep`); a provenance footer.
 """
 
 from __future__ import annotations
@@ -17,16 +21,18 @@ from typing import Any
 
 import pandas as pd
 
-from harness.metrics.table import UNKNOWN, Direction, key_spec, split_class_key
+from harness.metrics.table import METRICS, UNKNOWN, Direction, collapsed, key_spec, split_class_key
 from harness.report.images import figure_png, split_rows, subplots
 from harness.report.load import ReportData
 from harness.report.model import Cell, Figure, ImageGrid, Row, Section, Table, Text, slug
-from harness.report.statistics import fmt, mean_ci
+from harness.report.statistics import ALPHA, MIN_WILCOXON_PAIRS, Comparison, compare, fmt, fmt_difference, mean_ci
 from harness.report.sweep import sweep_section
 
 __all__ = ["TIME_KEYS", "Report"]
 
 TIME_KEYS = ("fit_s", "sample_s", "evaluate_s", "total_s")
+BEST_ROW = "best (paired)"
+COLLAPSE_COLUMN = "collapsed"
 
 
 def _ranked_arrow(direction: Direction | None) -> str:
@@ -40,14 +46,18 @@ class Report:
     def __init__(self, data: ReportData) -> None:
         self.data = data
         trials = data.trials.copy()
-        # several trials of one method at the same shots and seed (a sweep's samples) are rows of their own
-        clash = trials.duplicated(["label", "shots", "seed"], keep=False)
+        # several trials of one method at the same shots, class split and seed (a sweep's samples) are rows of
+        # their own; trials on different class splits are the same method's repetitions
+        clash = trials.duplicated(["label", "shots", "split", "seed"], keep=False)
         trials["base_label"] = trials["label"]
         trials.loc[clash, "label"] = _distinguishing_labels(trials[clash])
         self.trials = trials
         self.ok = trials[trials.status == "ok"]
-        self.values = data.values.merge(trials[["trial_id", "label", "shots", "seed", "status"]], on="trial_id")
+        self.values = data.values.merge(trials[["trial_id", "label", "shots", "seed", "split", "status"]],
+                                        on="trial_id")
         self.values = self.values[self.values.status == "ok"]
+        self.collapsed = self._collapse_verdicts()
+        self._comparisons: dict[tuple[int, str, str], Comparison] = {}
         suite_methods = [m.get("label") or m.get("name") for m in self.data.suite.get("methods", [])]
         rank = {m: i for i, m in enumerate(suite_methods)}
         pairs = trials.drop_duplicates("label")[["label", "base_label"]].itertuples(index=False)
@@ -57,6 +67,42 @@ class Report:
         self.metric_order = {name: i for i, name in enumerate(order)}
 
     # -- helpers
+    def _collapse_verdicts(self) -> dict[str, bool | None]:
+        """trial id → collapsed (True/False) or None (unknown: no metric with a collapse rule was computed), for
+        every ok trial, by the registry's rules on that trial's own values."""
+        metric = self.values[self.values.kind == "metric"]
+        by_trial = {tid: dict(zip(g.key, g.value, strict=True)) for tid, g in metric.groupby("trial_id")}
+        return {r.trial_id: collapsed(by_trial.get(r.trial_id, {}), len(json.loads(r.novel_classes or "[]")))
+                for r in self.ok.itertuples()}
+
+    def _collapse_cell(self, label: str, shots: int) -> Cell:
+        """``k/n`` collapsed trials of ``label`` at ``shots`` (n: those a rule could judge), "unknown" when none
+        could be; trials without a verdict are counted apart, never as "not collapsed"."""
+        ids = self.ok[(self.ok.label == label) & (self.ok.shots == shots)].trial_id
+        verdicts = [self.collapsed.get(t) for t in ids]
+        known = [v for v in verdicts if v is not None]
+        if not known:
+            return Cell("unknown", title="no metric with a collapse rule was computed")
+        unknown = len(verdicts) - len(known)
+        return Cell(f"{sum(known)}/{len(known)}" + (f" (+{unknown} unknown)" if unknown else ""),
+                    title=f"{sum(known)} of {len(known)} judged trials collapsed")
+
+    def _comparison(self, shots: int, key: str, direction: Direction, kind: str = "metric") -> Comparison:
+        """Every pair of methods on ``key`` at ``shots``, paired over (class split, seed) — a trial's split id when
+        its spec has one (old results: none, so seed alone) — from the methods' own (non-reference) values."""
+        cache_key = (shots, key, kind)
+        if cache_key not in self._comparisons:
+            v = self.values[(self.values.shots == shots) & (self.values.kind == kind) & (self.values.key == key)
+                            & ~self.values.reference]
+            values = {}
+            for label in self.labels:
+                frame = v[v.label == label]
+                if not frame.empty:
+                    pairs = frame.groupby([frame.split.fillna(""), frame.seed])["value"].mean()
+                    values[label] = dict(pairs.items())
+            self._comparisons[cache_key] = compare(values, bool(direction.higher_is_better))
+        return self._comparisons[cache_key]
+
     def _stats(self, frame: pd.DataFrame, per_seed: bool = False) -> tuple[int, float, float]:
         if per_seed:  # reference values depend on the split (seed), not the method: one per seed
             frame = frame.groupby("seed", as_index=False)["value"].first()
@@ -112,9 +158,11 @@ class Report:
         return placement
 
     def _table(self, tid: str, title: str, shots: int, columns: list[tuple[str, str, Direction | None]],
-               kind: str, refs: dict[str, tuple[str, str]] | None = None) -> Table | None:
-        """Rows = methods (+ reference rows); ``columns`` = (value key, header, direction: the best method of a
-        ranked direction is bold)."""
+               kind: str, refs: dict[str, tuple[str, str]] | None = None, *,
+               collapse: bool = False) -> Table | None:
+        """Rows = methods (+ the "best (paired)" row, reference rows); ``columns`` = (value key, header, direction:
+        of a ranked direction, the method that beats every other one in paired comparisons is bold and named in
+        the best row, else the row says "tied"); ``collapse``: a last column with each method's collapse rate."""
         v = self.values[(self.values.shots == shots) & (self.values.kind == kind)]
         if v.empty or not columns:
             return None
@@ -125,12 +173,9 @@ class Report:
                 frame = v[(v.label == label) & (v.key == key) & ~v.reference]
                 if not frame.empty:
                     stats[label, key] = self._stats(frame)
-        best: dict[str, float] = {}
-        for key, _, direction in columns:
-            means = [stats[label, key][1] for label in self.labels if (label, key) in stats]
-            means = [m for m in means if not math.isnan(m)]
-            if direction is not None and direction.ranked and len(means) > 1:
-                best[key] = max(means) if direction.higher_is_better else min(means)
+        ranked = {key: self._comparison(shots, key, direction, kind) for key, _, direction in columns
+                  if direction is not None and direction.ranked
+                  and len({label for label, k in stats if k == key}) > 1}
         for label in self.labels:
             if not any((label, key) in stats for key, _, _ in columns):
                 continue
@@ -138,9 +183,14 @@ class Report:
             for key, _, _ in columns:
                 n, mean, ci = stats.get((label, key), (0, math.nan, math.nan))
                 single |= n == 1
-                cells.append(Cell(fmt(mean, ci), bold=key in best and mean == best[key],
+                cells.append(Cell(fmt(mean, ci), bold=key in ranked and ranked[key].best == label,
                                   title=f"{key}: n={n}" if n else None))
+            if collapse:
+                cells.append(self._collapse_cell(label, shots))
             rows.append(Row(label, cells))
+        if ranked and rows:
+            cells = [Cell("" if key not in ranked else ranked[key].best or "tied") for key, _, _ in columns]
+            rows.append(Row(BEST_ROW, cells + ([Cell("")] if collapse else []), kind="summary"))
         ref_rows: dict[str, dict[str, Cell]] = {}
         for ref_key, (column, row_name) in (refs or {}).items():
             frame = v[(v.key == ref_key) & v.reference]
@@ -150,18 +200,29 @@ class Report:
             single |= n == 1
             ref_rows.setdefault(row_name, {})[column] = Cell(fmt(mean, ci), title=f"{ref_key}: n={n} seeds")
         for row_name, cells in sorted(ref_rows.items(), key=lambda item: (not item[0].startswith("real"), item[0])):
-            rows.append(Row(row_name, [cells.get(key, Cell("")) for key, _, _ in columns], kind="reference"))
+            rows.append(Row(row_name, [cells.get(key, Cell("")) for key, _, _ in columns]
+                            + ([Cell("")] if collapse else []), kind="reference"))
         if not rows:
             return None
-        notes = ["mean ± 95 % confidence interval over seeds (Student t); **bold** = best method "
-                 "(↑ higher is better, ↓ lower is better)."]
+        notes = ["mean ± 95 % confidence interval over trials, one per (class split, seed) (Student t)."]
+        if ranked:
+            notes.append(f"**bold** and the \"{BEST_ROW}\" row: the method that beats every other method in paired "
+                         "comparisons over (class split, seed) — Holm-corrected Wilcoxon signed-rank "
+                         f"p < {ALPHA} and a bootstrap CI of the difference that excludes 0 (↑ higher is better, "
+                         "↓ lower is better); \"tied\" where none does.")
+        if collapse:
+            rules = [METRICS.get(m).collapse for m in METRICS.names() if METRICS.get(m).collapse is not None]
+            notes.append(f"`{COLLAPSE_COLUMN}`: trials whose generator collapsed / trials judged ("
+                         + "; ".join(r.text for r in rules) + "); \"unknown\" when no such metric was computed. "
+                         "Collapsed trials count in the means and are marked in the Trials table.")
         if single:
             notes.append("n = 1 seed: no confidence interval (a single value is shown).")
         if ref_rows:
             used = sorted(k for k, (_, r) in (refs or {}).items() if r in ref_rows)
             notes.append("reference rows describe real data or a baseline, not a generator: " + ", ".join(
                 f"`{k}` in column `{refs[k][0]}`" for k in used) + ".")
-        return Table(tid, title, ["method", *[h for _, h, _ in columns]], rows, notes)
+        return Table(tid, title, ["method", *[h for _, h, _ in columns], *([COLLAPSE_COLUMN] if collapse else [])],
+                     rows, notes)
 
     # -- sections
     def sections(self) -> list[Section]:
@@ -203,12 +264,14 @@ class Report:
             columns, refs = self._layout(keys)
             directions = dict(zip(keys.key, keys.direction, strict=True))
             cols = [(c, f"{c}{directions[c].arrow}", directions[c]) for c in columns]
-            table = self._table(f"metrics-{shots}", f"Metrics, {shots} shots", shots, cols, "metric", refs)
+            table = self._table(f"metrics-{shots}", f"Metrics, {shots} shots", shots, cols, "metric", refs,
+                                collapse=True)
             if table is not None:
                 blocks.append(table)
             figure = self._bar_figure(shots, columns, refs, directions)
             if figure is not None:
                 blocks.append(figure)
+            blocks += self._paired_tables(shots, [(c, d) for c, _, d in cols])
             blocks += self._per_class_tables(shots, keys)
         training = self._training_table(shots)
         if training is not None:
@@ -221,6 +284,43 @@ class Report:
         if grid is not None:
             blocks.append(grid)
         return Section(f"{shots} shots", blocks)
+
+    def _paired_tables(self, shots: int, columns: list[tuple[str, Direction]]) -> list[Table]:
+        """One matrix per ranked headline key (pooled generator keys; a target such as memorisation's ≈ 1 is not
+        ranked): cell (row, column) = row − column paired over (class split, seed), bold where the row method is
+        significantly better. None where no two methods share two pairs: one difference has no spread to show."""
+        tables = []
+        for key, direction in columns:
+            if not direction.ranked:
+                continue
+            comparison = self._comparison(shots, key, direction)
+            if len(comparison.methods) < 2:
+                continue
+            methods = comparison.methods
+            rows = [Row(a, [Cell("–") if a == b else Cell(fmt_difference(d := comparison.pairs[a, b]),
+                                                          bold=d.beats(comparison.higher_is_better),
+                                                          title=f"n={d.n} pairs, Wilcoxon p={d.p:.3g}")
+                            for b in methods]) for a in methods]
+            upper = [comparison.pairs[a, b] for i, a in enumerate(methods) for b in methods[i + 1:]]
+            if max(d.n for d in upper) < 2:  # single pairs (a sweep's samples, one seed): the table says it all
+                continue
+            counts = sorted({d.n for d in upper})
+            over = (f"over {counts[0]} (split, seed) pairs" if len(counts) == 1
+                    else f"over {counts[0]}–{counts[-1]} (split, seed) pairs (the pairs both methods ran)")
+            notes = [f"cell = mean of (row − column) {over} [95 % percentile bootstrap CI, 10 000 resamples] "
+                     f"p = Wilcoxon signed-rank p, Holm-corrected across the {len(upper)} pair(s) of methods "
+                     f"on `{key}`; **bold**: the row method is better (p < {ALPHA}, CI excluding 0, "
+                     f"{direction.arrow.strip()})."]
+            if any(0 < d.n < MIN_WILCOXON_PAIRS for d in upper):
+                notes.append(f"fewer than {MIN_WILCOXON_PAIRS} pairs: the exact p-value cannot reach {ALPHA}, so no "
+                             "difference can be significant; run more seeds (or class splits).")
+            if any(d.note == "all differences 0" for d in upper):
+                notes.append("p = –: every paired difference is 0 (no test).")
+            notes.append(f"best: {comparison.best or 'tied'}.")
+            tables.append(Table(f"paired-{slug(key)}-{shots}",
+                                f"{key}{direction.arrow}: paired differences (row − column), {shots} shots",
+                                ["method", *methods], rows, notes))
+        return tables
 
     def _per_class_tables(self, shots: int, keys: pd.DataFrame) -> list[Table]:
         """One table per per-class metric (rows: methods, columns: novel classes), with the per-class reference
@@ -279,11 +379,15 @@ class Report:
     def _trials_table(self) -> Table:
         v = self.data.values  # failed trials too
         rows = []
+        verdicts = {True: "yes", False: "no", None: "unknown"}
         for r in self.data.trials.itertuples():
             fit = v[(v.trial_id == r.trial_id) & (v.kind == "time") & (v.key == "fit_s")]
+            collapse = verdicts[self.collapsed[r.trial_id]] if r.trial_id in self.collapsed else "–"
             rows.append(Row(r.name, [Cell(r.trial_id), Cell(r.status), Cell(fmt(fit.value.iloc[0]) if len(fit) else "–"),
-                                     Cell((r.split_hash or "–")[:12])], kind="trial"))
-        table = Table("trials", "Trials", ["trial", "id", "status", "fit s", "split"], rows, align="left")
+                                     Cell((r.split_hash or "–")[:12]), Cell(collapse, bold=collapse == "yes")],
+                            kind="trial"))
+        table = Table("trials", "Trials", ["trial", "id", "status", "fit s", "split", COLLAPSE_COLUMN], rows,
+                      align="left")
         table.collapsed = True
         return table
 

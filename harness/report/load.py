@@ -7,7 +7,8 @@ So a report from MLflow equals the report from the run directory by construction
 references come from the registry (:mod:`harness.metrics.table`) through :class:`~harness.metrics.value.MetricValue`
 either way.
 
-* ``trials``: one row per trial (``TRIAL_COLUMNS``: spec facts, status, provenance as text, flat hyper-parameters);
+* ``trials``: one row per trial (``TRIAL_COLUMNS``: spec facts, status, provenance as text, flat hyper-parameters;
+  ``split``: the spec's class-split id when it has one, None for results written before class splits);
 * ``values``: long, one row per trial × value (``VALUE_COLUMNS``), ``kind`` = metric / final_loss / time, with
   each metric value's registry ``direction`` (a :class:`~harness.metrics.table.Direction`), ``reference`` and
   ``reference_of``.
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 __all__ = ["TRIAL_COLUMNS", "VALUE_COLUMNS", "ReportData", "load", "load_mlflow", "load_run_dir"]
 
 TRIAL_COLUMNS = [
-    "trial_id", "name", "label", "method", "shots", "seed", "status", "error", "novel_classes",
+    "trial_id", "name", "label", "method", "shots", "seed", "split", "status", "error", "novel_classes",
     "data_source", "split_hash", "dataset_fingerprint", "evaluator", "evaluator_hash", "evaluator_test_accuracy",
     "git_commit", "host", "params",
 ]
@@ -73,7 +74,8 @@ def _trial_row(r: TrialResult) -> dict[str, Any]:
     spec = r.spec
     return {
         "trial_id": r.trial_id, "name": r.name, "label": spec["label"], "method": spec["method"],
-        "shots": int(spec["shots"]), "seed": int(spec["seed"]), "status": r.status, "error": r.error or None,
+        "shots": int(spec["shots"]), "seed": int(spec["seed"]), "split": _text(spec.get("split")),
+        "status": r.status, "error": r.error or None,
         "novel_classes": _text(list(spec.get("novel_classes") or [])),
         **{k: _text(r.provenance.get(k)) for k in _PROVENANCE_KEYS},
         "params": json.dumps(flatten("", r.provenance.get("method_config") or {}), sort_keys=True),

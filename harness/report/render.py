@@ -37,7 +37,7 @@ def render_markdown(title: str, sections: list[Section], source: str, out_dir: P
                 align = "--:" if block.align == "right" else "---"
                 lines.append("|" + "|".join(["---"] + [align] * (len(header) - 1)) + "|")
                 for row in block.rows:
-                    label = f"*{row.label}*" if row.kind == "reference" else row.label
+                    label = f"*{row.label}*" if row.kind in ("reference", "summary") else row.label
                     cells = [f"**{_md_cell(c.text)}**" if c.bold and c.text else _md_cell(c.text) for c in row.cells]
                     lines.append("| " + " | ".join([_md_cell(label), *cells]) + " |")
                 lines.append("")
@@ -78,7 +78,7 @@ padding:0 1em;line-height:1.45}
 h1{border-bottom:2px solid #4c72b0;padding-bottom:.2em}h2{margin-top:2em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:.8em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.3em .6em;
 text-align:right;vertical-align:middle;white-space:nowrap}table.left td,table.left th{text-align:left;white-space:normal}th{background:#eef2f8}td.label,th.label{text-align:left;white-space:nowrap}
-tr.reference td{background:#f7f7f7;font-style:italic}tr.trial td{font-family:monospace}
+tr.reference td{background:#f7f7f7;font-style:italic}tr.summary td{background:#eef2f8;font-style:italic}tr.trial td{font-family:monospace}
 p.note{font-size:.85em;color:#555;margin:.2em 0}figure{margin:1em 0}figcaption{font-size:.85em;color:#555}
 figure img{max-width:100%;border:1px solid #eee}img.sample{image-rendering:pixelated;height:auto;width:auto;
 min-height:40px;transform-origin:left top}td.img{text-align:center;background:#fff}table.samples th{text-align:center}
