@@ -33,10 +33,11 @@ from harness.suite import Suite, SuiteError, TrialSpec, expand
 __all__ = ["HARDWARE_KEYS", "MIN_PAIRS", "PairedTest", "Recorded", "Reproduction", "ReproduceError", "compare",
            "hardware_differences", "load_recorded", "paired_test", "render", "select_specs"]
 
-# The facts a float result depends on (see runtime.host_facts); host name and paths do not change a number.
-HARDWARE_KEYS = ("cpu_model", "torch_cpu_capability", "torch_threads", "torch_interop_threads", "thread_env",
-                 "mkl_version", "onednn_version", "mkldnn_enabled", "deterministic_algorithms", "device",
-                 "versions", "git_commit")
+# The facts a float result depends on (see runtime.host_facts); host name and paths do not change a number, nor
+# does thread_env: run_trial sets torch's (and so MKL's) thread count itself, so a Ray worker's OMP_NUM_THREADS=1
+# and an in-process run without it give bit-identical results (checked on the smoke suite).
+HARDWARE_KEYS = ("cpu_model", "torch_cpu_capability", "torch_threads", "torch_interop_threads", "mkl_version",
+                 "onednn_version", "mkldnn_enabled", "deterministic_algorithms", "device", "versions", "git_commit")
 GPU_KEYS = ("gpu", "cuda_version", "cudnn_version")  # compared only for trials that ran on a GPU
 MIN_PAIRS = 6  # two-sided Wilcoxon at 0.05: with 5 pairs the smallest possible p is 2/32 = 0.0625
 ALPHA = 0.05
