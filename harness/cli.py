@@ -1,4 +1,4 @@
-"""The ``harness`` command: run, sweep, validate, report, ui, methods, metrics."""
+"""The ``harness`` command: run, sweep, reproduce, validate, report, ui, methods, metrics."""
 
 from __future__ import annotations
 
@@ -211,17 +211,75 @@ def run(
     with _session(suite, suite_file, executor=executor, address=address, run_dir=run_dir, runs_root=runs_root,
                   tracking=tracking, tracking_uri=tracking_uri, storage=storage, verbose=verbose) as (
             run, runner, context, outcome):
-        done = sum(run.finished(s) is not None for s in specs)
-        console.print(f"suite [bold]{suite.name}[/bold]: {len(specs)} trials, {done} already finished",
-                      highlight=False)
-        with RunProgress(len(specs), console=console, enabled=progress, done=done) as shown:
-            runner.run(specs, run.path, device=device, tracking=context, progress=shown)
-        outcome["failed"] = sum(run.finished(s) is None for s in specs)
+        _run_trials(suite, specs, run, runner, context, outcome, device=device, progress=progress)
         _print_summary(run.path)
     _write_report(run.path, outcome["storage"])
     failed = outcome["failed"]
     console.print(f"results: {run.path}/trials/*/result.json ({len(specs) - failed} ok, {failed} failed)")
     raise typer.Exit(1 if failed else 0)
+
+
+def _run_trials(suite, specs, run, runner, context, outcome: dict, *, device: str, progress: bool) -> None:
+    """Run ``specs`` (those not finished yet) in an open :func:`_session`; counts the unfinished into ``outcome``.
+    Shared by ``run`` and ``reproduce``, so a reproduction runs trials exactly as a run does."""
+    done = sum(run.finished(s) is not None for s in specs)
+    console.print(f"suite [bold]{suite.name}[/bold]: {len(specs)} trials, {done} already finished", highlight=False)
+    with RunProgress(len(specs), console=console, enabled=progress, done=done) as shown:
+        runner.run(specs, run.path, device=device, tracking=context, progress=shown)
+    outcome["failed"] = sum(run.finished(s) is None for s in specs)
+
+
+def _int_list(text: str | None, option: str) -> list[int] | None:
+    try:
+        return [int(x) for x in text.split(",")] if text else None
+    except ValueError:
+        raise typer.BadParameter(f"comma-separated integers, not {text!r}", param_hint=option) from None
+
+
+@app.command()
+def reproduce(
+    source: Annotated[Path, typer.Argument(help="run directory of the recorded run (it holds suite.yaml, trials/)",
+                                           metavar="RUN_DIR")],
+    only: Annotated[Optional[str], typer.Option("--methods", help="comma-separated method labels to re-run")] = None,
+    seeds: Annotated[Optional[str], typer.Option(help="comma-separated seeds to re-run")] = None,
+    executor: Annotated[str, typer.Option(help=f"one of {', '.join(EXECUTORS.names())}")] = "ray",
+    address: AddressOption = None,
+    run_dir: Annotated[Optional[Path], typer.Option(
+        help="the new run's directory (default a new one under --runs-root; finished trials there are kept)")] = None,
+    runs_root: RunsRootOption = Path("runs"),
+    device: DeviceOption = "auto",
+    progress: ProgressOption = True,
+    verbose: VerboseOption = False,
+    tracking_uri: TrackingUriOption = None,
+    tracking: TrackingOption = True,
+) -> None:
+    """Re-run a recorded run's trials (same suite, same trial ids) and compare: per trial bit-identical or not and
+    whether the hardware facts match; per method and headline metric a paired test. Exit 0 if reproduced."""
+    from harness import reproduce as rep
+
+    _executor(executor)
+    try:
+        recorded = rep.load_recorded(source)
+    except ValueError as exc:
+        err_console.print(f"[red]✗[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    if run_dir is not None and run_dir.resolve() == source.resolve():
+        raise typer.BadParameter("the new run needs its own directory, not the recorded one", param_hint="--run-dir")
+    suite = _load(recorded.suite_file)
+    try:
+        specs, unmatched = rep.select_specs(suite, recorded, only.split(",") if only else None,
+                                            _int_list(seeds, "--seeds"))
+    except SuiteError as exc:
+        err_console.print(f"[red]✗[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    with _session(suite, recorded.suite_file, executor=executor, address=address, run_dir=run_dir,
+                  runs_root=runs_root, tracking=tracking, tracking_uri=tracking_uri, verbose=verbose) as (
+            run, runner, context, outcome):
+        _run_trials(suite, specs, run, runner, context, outcome, device=device, progress=progress)
+    result = rep.compare(recorded, run.path, specs, unmatched)
+    for line in rep.render(result):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+    raise typer.Exit(0 if result.reproduced else 1)
 
 
 @app.command()
