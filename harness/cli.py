@@ -61,10 +61,11 @@ def metrics() -> None:
     """List registered metrics with their direction (or target) and keys."""
     from harness.metrics.table import METRICS
 
-    table = Table("name", "better", "keys", "description")
+    table = Table("name", "better", "keys", "description", "collapsed when")
     for name in METRICS.names():
         spec = METRICS.get(name)
-        table.add_row(name, spec.direction.text, spec.describe_keys(), spec.description)
+        table.add_row(name, spec.direction.text, spec.describe_keys(), spec.description,
+                      spec.collapse.text if spec.collapse is not None else "")
     console.print(table)
 
 

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 
 from harness.metrics.value import headline_values
+from harness.report.statistics import MIN_WILCOXON_PAIRS as MIN_PAIRS  # below 6 pairs p ≥ 0.0625: cannot reject
+from harness.report.statistics import holm
 from harness.results import RESULT_FILE, TrialResult
 from harness.suite import Suite, SuiteError, TrialSpec, expand
 
@@ -39,7 +41,6 @@ __all__ = ["HARDWARE_KEYS", "MIN_PAIRS", "PairedTest", "Recorded", "Reproduction
 HARDWARE_KEYS = ("cpu_model", "torch_cpu_capability", "torch_threads", "torch_interop_threads", "mkl_version",
                  "onednn_version", "mkldnn_enabled", "deterministic_algorithms", "device", "versions", "git_commit")
 GPU_KEYS = ("gpu", "cuda_version", "cudnn_version")  # compared only for trials that ran on a GPU
-MIN_PAIRS = 6  # two-sided Wilcoxon at 0.05: with 5 pairs the smallest possible p is 2/32 = 0.0625
 ALPHA = 0.05
 
 
@@ -169,41 +170,26 @@ class PairedTest:
 
 def paired_test(recorded: list[float], new: list[float], *, confidence: float = 0.95, resamples: int = 10_000,
                 seed: int = 0) -> PairedTest:
-    """Wilcoxon signed-rank test (scipy, two-sided) on the paired differences ``new - recorded`` plus a percentile
-    bootstrap CI of their mean (``resamples`` resamples of the pairs, seeded: the same data give the same CI).
+    """The report's paired statistics (:mod:`harness.report.statistics`) on ``new - recorded``: a seeded percentile
+    bootstrap CI of the mean difference and a two-sided Wilcoxon signed-rank p-value, so that a report and a
+    reproduction judge agreement the same way.
 
     With fewer than :data:`MIN_PAIRS` pairs no two-sided test at 0.05 can reject, so the p-value is None and only
-    the CI is reported. All differences zero give p = 1 (scipy has no statistic for them).
+    the CI is reported. All differences zero: p = 1 (nothing to reject)."""
+    from harness.report.statistics import bootstrap_ci, wilcoxon_p
 
-    Kept here for now; it belongs beside the report's paired statistics (``harness/report/statistics.py``), where it
-    should move once those exist, so that a report and a reproduction test agreement the same way."""
     if len(recorded) != len(new):
         raise ValueError(f"paired test needs pairs: {len(recorded)} recorded values, {len(new)} new")
     d = np.asarray(new, dtype=float) - np.asarray(recorded, dtype=float)
     d = d[~np.isnan(d)]
-    n = len(d)
-    if n == 0:
+    if len(d) == 0:
         return PairedTest(0, math.nan, (math.nan, math.nan), None)
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, n, size=(resamples, n))].mean(axis=1)
-    tail = (1 - confidence) / 2
-    ci = (float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail)))
+    ci = (float(d[0]), float(d[0])) if len(d) == 1 else bootstrap_ci(d, confidence, resamples, seed)
     p = None
-    if n >= MIN_PAIRS:
-        from scipy import stats
-
-        p = 1.0 if not np.any(d) else float(stats.wilcoxon(d).pvalue)
-    return PairedTest(n, float(d.mean()), ci, p)
-
-
-def holm(p_values: list[float]) -> list[float]:
-    """Holm's step-down adjusted p-values (family-wise error control over many metrics), in the input order."""
-    order = sorted(range(len(p_values)), key=p_values.__getitem__)
-    adjusted, running = [0.0] * len(p_values), 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
-        adjusted[i] = running
-    return adjusted
+    if len(d) >= MIN_PAIRS:
+        p_value, note = wilcoxon_p(d)
+        p = 1.0 if note == "all differences 0" else p_value
+    return PairedTest(len(d), float(d.mean()), ci, p)
 
 
 @dataclass
