@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +34,27 @@ class SuiteError(ValueError):
         super().__init__("\n".join(lines))
 
 
+class ClassPartition(pydantic.BaseModel):
+    """One explicit partition of the classes: which are base, which novel, which base classes validate."""
+
+    model_config = _STRICT
+
+    base: list[int | str] = pydantic.Field(description="classes with all their training images")
+    novel: list[int | str] = pydantic.Field(min_length=1, description="classes with `shots` images each")
+    validation: list[int | str] = pydantic.Field(default_factory=list, description="base classes that validate")
+
+
+class RandomPartitions(pydantic.BaseModel):
+    """``random`` partitions of the protocol's classes (base ∪ novel) drawn from ``seed``: ``novel_count`` novel
+    classes each, the rest base, as many validation classes (from the base) as the protocol has."""
+
+    model_config = _STRICT
+
+    random: pydantic.PositiveInt = pydantic.Field(description="how many partitions beside the protocol's own")
+    novel_count: pydantic.PositiveInt
+    seed: pydantic.NonNegativeInt = 0
+
+
 class ProtocolConfig(pydantic.BaseModel):
     """The few-shot protocol: which classes a method learns from in full, which from ``shots`` images each."""
 
@@ -52,6 +74,11 @@ class ProtocolConfig(pydantic.BaseModel):
         default_factory=list,
         description="base classes that play the novel role while choosing (sweeps, ASHA): reduced to `shots` images, "
         "scored on their own held-out training images, so no choice ever sees a novel class or a test image",
+    )
+    class_splits: list[ClassPartition] | RandomPartitions | None = pydantic.Field(
+        None, description="partitions of the classes beside the one above (which is split 0): explicit "
+        "{base, novel, validation} entries or {random: N, novel_count: M, seed: S}; trials = method × split × shots "
+        "× seed, so a method's numbers do not rest on one choice of novel classes",
     )
 
     @pydantic.field_validator("shots", "seeds")
@@ -203,6 +230,7 @@ class TrialSpec(pydantic.BaseModel):
     selection: Literal["none", "validation", "test"] = pydantic.Field(
         "none", description="none: a trial of the protocol; validation: a selection trial whose novel classes are "
         "validation classes, held out from their training images; test: a selection trial scored on test images")
+    split: int = pydantic.Field(0, ge=0, description="which class partition (0: the protocol's own)")
 
     @property
     def heldout_from(self) -> Literal["test", "train"]:
@@ -217,12 +245,14 @@ class TrialSpec(pydantic.BaseModel):
 
     @property
     def name(self) -> str:
-        return f"{self.label}-{self.shots}shot-seed{self.seed}"
+        split = f"-split{self.split}" if self.split else ""
+        return f"{self.label}-{self.shots}shot{split}-seed{self.seed}"
 
 
 # fields added to a dump after version 1, with their defaults: hashed only when set (earlier hashes stay valid)
-_SPEC_ADDED = {"selection": "none"}
-_SUITE_ADDED = {("protocol", "validation_classes"): [], ("sweep", "select_on"): "validation"}
+_SPEC_ADDED = {"selection": "none", "split": 0}
+_SUITE_ADDED = {("protocol", "validation_classes"): [], ("protocol", "class_splits"): None,
+                ("sweep", "select_on"): "validation"}
 
 
 def _without_defaults(dump: dict[str, Any], added: dict[Any, Any]) -> dict[str, Any]:
@@ -277,26 +307,30 @@ def _pydantic_problems(err: pydantic.ValidationError, prefix: str = "") -> list[
     return problems
 
 
-def _cross_checks(suite: Suite, info: DatasetInfo) -> list[tuple[str, str]]:
+def _partition_problems(roles: dict[str, tuple[str, list[int | str]]], p: ProtocolConfig, info: DatasetInfo
+                        ) -> list[tuple[str, str]]:
+    """One class partition checked like the protocol's own: classes known and listed once, base and novel disjoint,
+    enough training images for the shots, test images to hold out; ``roles`` maps base/novel/validation to
+    (location for messages, classes)."""
     problems: list[tuple[str, str]] = []
-    p = suite.protocol
     resolved: dict[str, list[int]] = {}
-    for field in ("base_classes", "novel_classes", "validation_classes"):
+    for role, (loc, classes) in roles.items():
         ids = []
-        for i, c in enumerate(getattr(p, field)):
+        for i, c in enumerate(classes):
             try:
                 ids.append(info.class_id(c))
             except ValueError as exc:
-                problems.append((f"protocol.{field}[{i}]", str(exc)))
+                problems.append((f"{loc}[{i}]", str(exc)))
         if len(set(ids)) != len(ids):
-            problems.append((f"protocol.{field}", "a class is listed twice"))
-        resolved[field] = ids
-    overlap = sorted(set(resolved["base_classes"]) & set(resolved["novel_classes"]))
+            problems.append((loc, "a class is listed twice"))
+        resolved[role] = ids
+    novel_loc = roles["novel"][0]
+    overlap = sorted(set(resolved["base"]) & set(resolved["novel"]))
     if overlap:
         names = [info.class_names[c] for c in overlap]
-        problems.append(("protocol.novel_classes", f"classes {names} are also base classes; they must be disjoint"))
+        problems.append((novel_loc, f"classes {names} are also base classes; they must be disjoint"))
     if info.train_per_class:
-        for c in resolved["novel_classes"]:
+        for c in resolved["novel"]:
             available = info.train_per_class.get(c, 0)
             for i, k in enumerate(p.shots):
                 if k > available:
@@ -305,16 +339,42 @@ def _cross_checks(suite: Suite, info: DatasetInfo) -> list[tuple[str, str]]:
                         f"{k} shots exceed the {available} training images of class {info.class_names[c]!r}",
                     ))
     if info.test_per_class:
-        for c in resolved["novel_classes"]:
+        for c in resolved["novel"]:
             available = info.test_per_class.get(c, 0)
             if available == 0:
-                problems.append(("protocol.novel_classes", f"class {info.class_names[c]!r} has no held-out test images"))
+                problems.append((novel_loc, f"class {info.class_names[c]!r} has no held-out test images"))
             elif p.eval_images_per_class and p.eval_images_per_class > available:
                 problems.append((
                     "protocol.eval_images_per_class",
                     f"{p.eval_images_per_class} exceeds the {available} test images of class {info.class_names[c]!r}",
                 ))
-    problems += _validation_class_problems(p, resolved, info)
+    problems += _validation_class_problems(p, resolved, info, roles["validation"][0])
+    return problems
+
+
+
+def _cross_checks(suite: Suite, info: DatasetInfo) -> list[tuple[str, str]]:
+    p = suite.protocol
+    problems = _partition_problems(
+        {"base": ("protocol.base_classes", p.base_classes), "novel": ("protocol.novel_classes", p.novel_classes),
+         "validation": ("protocol.validation_classes", p.validation_classes)}, p, info)
+    if isinstance(p.class_splits, list):
+        for j, split in enumerate(p.class_splits):
+            where = f"protocol.class_splits[{j}]"
+            problems += _partition_problems({role: (f"{where}.{role}", getattr(split, role))
+                                             for role in ("base", "novel", "validation")}, p, info)
+    elif isinstance(p.class_splits, RandomPartitions) and not problems:
+        universe = len(set(p.base_classes) | set(p.novel_classes))
+        if not 0 < p.class_splits.novel_count < universe - len(p.validation_classes):
+            problems.append(("protocol.class_splits.novel_count", f"{p.class_splits.novel_count} novel classes of "
+                             f"{universe} leave no base class to learn from (validation classes count as base)"))
+        elif len(class_partitions(suite, info)) < 1 + p.class_splits.random:
+            problems.append(("protocol.class_splits.random", f"{p.class_splits.random} distinct partitions beside "
+                             "the protocol's own cannot be drawn from its classes"))
+        else:
+            for j, part in enumerate(class_partitions(suite, info)[1:], start=1):
+                problems += _partition_problems({role: (f"protocol.class_splits (split {j}).{role}", getattr(part, role))
+                                                 for role in ("base", "novel", "validation")}, p, info)
     if tuple(info.image_shape[1:]) not in {(28, 28), (32, 32), (64, 64)}:
         problems.append(("dataset.image_size", f"the methods' networks support 28, 32 or 64 px, not {info.image_shape[1:]}"))
 
@@ -361,25 +421,25 @@ def _cross_checks(suite: Suite, info: DatasetInfo) -> list[tuple[str, str]]:
     return problems
 
 
-def _validation_class_problems(p: ProtocolConfig, resolved: dict[str, list[int]], info: DatasetInfo
-                               ) -> list[tuple[str, str]]:
+def _validation_class_problems(p: ProtocolConfig, resolved: dict[str, list[int]], info: DatasetInfo,
+                               loc: str = "protocol.validation_classes") -> list[tuple[str, str]]:
     """Validation classes are base classes, leave at least one base class, and have enough training images for
     the largest shots setting plus held-out images (the training images that are not shots)."""
     problems: list[tuple[str, str]] = []
-    validation, base = resolved["validation_classes"], set(resolved["base_classes"])
+    validation, base = resolved["validation"], set(resolved["base"])
     for i, c in enumerate(validation):
         if c not in base:
-            problems.append((f"protocol.validation_classes[{i}]", f"class {info.class_names[c]!r} is not a base "
+            problems.append((f"{loc}[{i}]", f"class {info.class_names[c]!r} is not a base "
                              "class; validation classes are base classes that play the novel role while choosing"))
     if validation and base and base <= set(validation):
-        problems.append(("protocol.validation_classes", "every base class is a validation class: at least one must "
+        problems.append((loc, "every base class is a validation class: at least one must "
                          "stay a base class while choosing"))
     if info.train_per_class and validation:
         need = max(p.shots) + (p.eval_images_per_class or 1)
         for c in validation:
             available = info.train_per_class.get(c, 0)
             if available < need:
-                problems.append(("protocol.validation_classes", f"class {info.class_names[c]!r} has {available} "
+                problems.append((loc, f"class {info.class_names[c]!r} has {available} "
                                  f"training images; validation needs {max(p.shots)} shots plus held-out images"))
     return problems
 
@@ -470,9 +530,55 @@ def entry_budget(suite: Suite, entry: MethodEntry) -> Budget:
     return suite.budget.model_copy(update=entry.budget.model_dump(exclude_none=True))
 
 
-def trial_spec(suite: Suite, entry: MethodEntry, shots: int, seed: int, params: dict[str, Any] | None = None) -> TrialSpec:
-    """The spec of one trial; ``params`` (a sweep's sample) override the entry's params."""
+@dataclass(frozen=True)
+class Partition:
+    """Resolved class ids of one class split."""
+
+    base: tuple[int, ...]
+    novel: tuple[int, ...]
+    validation: tuple[int, ...]
+
+
+def class_partitions(suite: Suite, info: DatasetInfo | None = None) -> list[Partition]:
+    """Split 0 (the protocol's classes), then ``protocol.class_splits``. Random partitions are drawn from their seed
+    over the protocol's classes, each different from those before it (deterministic: the same suite gives the same
+    partitions on any machine); their validation classes, as many as the protocol has, come from their base."""
+    info = info or dataset_info(suite.dataset)
+    p = suite.protocol
+
+    def ids(classes) -> tuple[int, ...]:
+        return tuple(info.class_id(c) for c in classes)
+
+    first = Partition(ids(p.base_classes), ids(p.novel_classes), ids(p.validation_classes))
+    partitions = [first]
+    if isinstance(p.class_splits, list):
+        partitions += [Partition(ids(c.base), ids(c.novel), ids(c.validation)) for c in p.class_splits]
+    elif isinstance(p.class_splits, RandomPartitions):
+        import numpy as np
+
+        draw = p.class_splits
+        universe = sorted(set(first.base) | set(first.novel))
+        seen = {(tuple(sorted(first.base)), tuple(sorted(first.novel)))}
+        for attempt in range(1000):
+            if len(partitions) == 1 + draw.random:
+                break
+            order = [int(c) for c in np.random.default_rng([draw.seed, attempt]).permutation(universe)]
+            novel, rest = tuple(sorted(order[:draw.novel_count])), order[draw.novel_count:]
+            base = tuple(sorted(rest))
+            if (base, novel) in seen:
+                continue
+            seen.add((base, novel))
+            validation = tuple(sorted(rest[len(rest) - len(first.validation):])) if first.validation else ()
+            partitions.append(Partition(base, novel, validation))
+    return partitions
+
+
+def trial_spec(suite: Suite, entry: MethodEntry, shots: int, seed: int, params: dict[str, Any] | None = None,
+               split: int = 0) -> TrialSpec:
+    """The spec of one trial; ``params`` (a sweep's sample) override the entry's params; ``split`` picks the class
+    partition (:func:`class_partitions`)."""
     info = dataset_info(suite.dataset)
+    partition = class_partitions(suite, info)[split]
     return TrialSpec(
         suite=suite.name,
         suite_version=suite.version,
@@ -480,8 +586,9 @@ def trial_spec(suite: Suite, entry: MethodEntry, shots: int, seed: int, params: 
         label=entry.display,
         params={**entry.params, **(params or {})},
         dataset=suite.dataset,
-        base_classes=tuple(info.class_id(c) for c in suite.protocol.base_classes),
-        novel_classes=tuple(info.class_id(c) for c in suite.protocol.novel_classes),
+        base_classes=partition.base,
+        novel_classes=partition.novel,
+        split=split,
         shots=shots,
         seed=seed,
         eval_images_per_class=suite.protocol.eval_images_per_class,
@@ -514,15 +621,18 @@ def selection_spec(suite: Suite, entry: MethodEntry, shots: int, seed: int) -> T
 
 
 def expand(suite: Suite, methods: list[str] | None = None) -> list[TrialSpec]:
-    """All trials of a suite: method entry × shots × seed (in that order), optionally only some method labels."""
+    """All trials of a suite: method entry × class split × shots × seed (in that order), optionally only some method
+    labels."""
     entries = [m for m in suite.methods if methods is None or m.display in methods]
     if methods is not None:
         unknown = sorted(set(methods) - {m.display for m in suite.methods})
         if unknown:
             raise SuiteError(suite.name, [("methods", f"no method labelled {unknown} in this suite")])
+    splits = range(len(class_partitions(suite)))
     return [
-        trial_spec(suite, entry, shots, seed)
+        trial_spec(suite, entry, shots, seed, split=split)
         for entry in entries
+        for split in splits
         for shots in suite.protocol.shots
         for seed in suite.protocol.seeds
     ]

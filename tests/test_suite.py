@@ -326,3 +326,54 @@ def trial_spec_id(suite) -> str:
     from harness.suite import trial_spec
 
     return trial_spec(suite, suite.methods[0], suite.protocol.shots[0], suite.protocol.seeds[0]).trial_id
+
+
+# ---- class splits (issue #13): more than one choice of novel classes
+
+def test_random_class_splits_are_deterministic_distinct_and_disjoint():
+    from harness.suite import class_partitions
+
+    data = _with("protocol.class_splits", {"random": 3, "novel_count": 2, "seed": 7},
+                 _with("protocol.validation_classes", [2]))
+    suite = parse_suite(data, "x.yaml")
+    partitions = class_partitions(suite)
+    assert partitions == class_partitions(parse_suite(data, "x.yaml"))  # the same on any run
+    assert partitions[0].base == (0, 1, 2) and partitions[0].novel == (3, 4) and partitions[0].validation == (2,)
+    assert len(partitions) == 4 and len({(p.base, p.novel) for p in partitions}) == 4
+    for part in partitions:
+        assert set(part.base) | set(part.novel) == {0, 1, 2, 3, 4} and not set(part.base) & set(part.novel)
+        assert len(part.novel) == 2 and len(part.validation) == 1 and set(part.validation) <= set(part.base)
+    other_seed = class_partitions(parse_suite(_with("protocol.class_splits.seed", 8, data), "x.yaml"))
+    assert other_seed[1:] != partitions[1:]
+
+
+def test_trials_are_method_by_split_by_shots_by_seed_and_split_0_keeps_its_ids():
+    data = _with("protocol.class_splits", [{"base": [2, 3, "four"], "novel": [0, 1]}])
+    suite = parse_suite(data, "x.yaml")
+    specs = expand(suite)
+    plain = expand(parse_suite(VALID))
+    assert len(specs) == 2 * len(plain)  # two partitions
+    first = [s for s in specs if s.split == 0]
+    assert [s.trial_id for s in first] == [s.trial_id for s in plain]  # the protocol's own trials are unchanged
+    second = [s for s in specs if s.split == 1]
+    assert all(s.novel_classes == (0, 1) and s.base_classes == (2, 3, 4) for s in second)
+    assert second[0].name == "dcgan-1shot-split1-seed0" and first[0].name == "dcgan-1shot-seed0"
+    assert len({s.trial_id for s in specs}) == len(specs)
+    assert suite_hash(suite) != suite_hash(parse_suite(VALID))
+
+
+@pytest.mark.parametrize(("split", "field", "message"), [
+    ({"base": [0, 1], "novel": [1, 3]}, "protocol.class_splits[0].novel", "also base classes"),
+    ({"base": [0, 1], "novel": [3, "nine-ish"]}, "protocol.class_splits[0].novel[1]", "nine-ish"),
+    ({"base": [0, 1], "novel": [3], "validation": [3]}, "protocol.class_splits[0].validation[0]", "not a base class"),
+])
+def test_each_explicit_class_split_is_checked_like_the_protocol(split, field, message):
+    problems = _problems(_with("protocol.class_splits", [split]))
+    assert any(loc == field and message in msg for loc, msg in problems), problems
+
+
+def test_random_splits_need_room_for_base_classes():
+    problems = _problems(_with("protocol.class_splits", {"random": 2, "novel_count": 5}))
+    assert [loc for loc, _ in problems] == ["protocol.class_splits.novel_count"]
+    problems = _problems(_with("protocol.class_splits", {"random": 20, "novel_count": 4}))  # only 4 more exist
+    assert [loc for loc, _ in problems] == ["protocol.class_splits.random"]

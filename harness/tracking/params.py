@@ -52,6 +52,8 @@ def spec_params(spec: TrialSpec) -> dict[str, str]:
         "label": spec.label,
         "shots": str(spec.shots),
         "seed": str(spec.seed),
+        "split": str(spec.split),  # the class partition (0: the protocol's own)
+        "selection": spec.selection,  # "test": a selection trial scored on test images
         "dataset": spec.dataset.name,
         "source": spec.dataset.source,
         "base_classes": _param_value(list(spec.base_classes)),
