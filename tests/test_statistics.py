@@ -122,3 +122,14 @@ def test_collapse_rule_on_values_whose_truth_is_known():
     assert collapsed({"class_consistency": math.nan}, 2) is None
     # a per-class value or a reference is not what the rule reads
     assert collapsed({"class_consistency/class_3": 0.0, "class_consistency_real": 0.1}, 2) is None
+
+
+def test_median_iqr_against_numpy_and_ignores_non_finite_values():
+    import math
+
+    from harness.report.statistics import median_iqr
+
+    values = [1.0, 2.0, 4.0, 8.0, 1000.0, float("nan")]
+    n, median, q1, q3 = median_iqr(values)
+    assert (n, median, q1, q3) == (5, 4.0, 2.0, 8.0)  # numpy linear quartiles of 1, 2, 4, 8, 1000
+    assert median_iqr([])[0] == 0 and math.isnan(median_iqr([])[1])

@@ -25,7 +25,9 @@ from harness.metrics.table import METRICS, UNKNOWN, Direction, collapsed, key_sp
 from harness.report.images import figure_png, split_rows, subplots
 from harness.report.load import ReportData
 from harness.report.model import Cell, Figure, ImageGrid, Row, Section, Table, Text, slug
-from harness.report.statistics import ALPHA, MIN_WILCOXON_PAIRS, Comparison, compare, fmt, fmt_difference, mean_ci
+from harness.report.statistics import (
+    ALPHA, MIN_WILCOXON_PAIRS, Comparison, compare, fmt, fmt_difference, mean_ci, median_iqr,
+)
 from harness.report.sweep import sweep_section
 
 __all__ = ["TIME_KEYS", "Report"]
@@ -258,6 +260,24 @@ class Report:
                          "tables show final losses and fit times only.")
         return Section("Overview", [Text(" ".join(lines))])
 
+    def _spread_table(self, shots: int, columns: list[tuple[str, str, Direction | None]]) -> Table | None:
+        """Median and interquartile range of each method's trials: robust to the one collapsed seed a mean is not."""
+        v = self.values[(self.values.shots == shots) & (self.values.kind == "metric") & ~self.values.reference]
+        rows = []
+        for label in self.labels:
+            cells, any_value = [], False
+            for key, _, _ in columns:
+                n, median, q1, q3 = median_iqr(v[(v.label == label) & (v.key == key)]["value"].tolist())
+                any_value |= n > 0
+                cells.append(Cell(f"{fmt(median)} [{fmt(q1)}, {fmt(q3)}]" if n else "", title=f"{key}: n={n}"))
+            if any_value:
+                rows.append(Row(label, cells))
+        if not rows:
+            return None
+        return Table(f"spread-{shots}", f"Median [first, third quartile], {shots} shots", ["method",
+                     *[h for _, h, _ in columns]], rows,
+                     ["median and interquartile range over the same trials as the means above."])
+
     def _shots_section(self, shots: int, keys: pd.DataFrame) -> Section:
         blocks: list[Any] = []
         if not keys.empty:
@@ -268,6 +288,9 @@ class Report:
                                 collapse=True)
             if table is not None:
                 blocks.append(table)
+            spread = self._spread_table(shots, cols)
+            if spread is not None:
+                blocks.append(spread)
             figure = self._bar_figure(shots, columns, refs, directions)
             if figure is not None:
                 blocks.append(figure)
