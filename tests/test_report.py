@@ -247,6 +247,7 @@ def test_statistics_directions_reference_rows_and_failures_on_constructed_result
     # zeta's fid at 5 shots: 10, 11, 12 → median 11, quartiles 10.5 and 11.5
     spread = _table_rows(readme, "Median [first, third quartile], 5 shots")
     assert spread[0] == ["zeta", "11 [10.5, 11.5]", "2 [1.5, 2.5]", "1 [0.5, 1.5]"] and spread[1][0] == "alpha"
+    assert "Per class split" not in readme  # one partition: nothing to break down
     fid = _table_rows(readme, "fid ↓: paired differences (row − column), 5 shots")
     assert fid == [["zeta", "–", "-1 [-1, -1] p=0.25"], ["alpha", "1 [1, 1] p=0.25", "–"]]
     assert "over 3 (split, seed) pairs" in readme and "fewer than 6 pairs" in readme
@@ -403,9 +404,10 @@ def test_best_is_bold_only_when_paired_differences_over_split_and_seed_are_signi
     assert a[1].startswith("**") and not b[1].startswith("**") and not c[1].startswith("**")
     assert best[1:] == ["a", "c", "tied", ""]  # fid: a; is: c beats a and b, which tie; class consistency: equal
     assert [r[-1] for r in (a, b, c)] == ["0/8", "0/8", "0/7"]
-    # zeta's fid at 5 shots: 10, 11, 12 → median 11, quartiles 10.5 and 11.5
-    spread = _table_rows(readme, "Median [first, third quartile], 5 shots")
-    assert spread[0] == ["zeta", "11 [10.5, 11.5]", "2 [1.5, 2.5]", "1 [0.5, 1.5]"] and spread[1][0] == "alpha"
+    # each partition on its own, then pooled above: a's fid is 20 + 0.5·seed on split 0, 3 more on split 1
+    per_split = _table_rows(readme, "Per class split, 5 shots")
+    assert [r[0] for r in per_split[:2]] == ["a, split 0", "a, split 1"] and len(per_split) == 6
+    assert per_split[0][1].startswith("20.8 ± ") and per_split[1][1].startswith("23.8 ± ")
     fid = _table_rows(readme, "fid ↓: paired differences (row − column), 5 shots")
     assert fid[0][0] == "a" and fid[0][2].startswith("**-1 [-1, -1] p=") and fid[0][3].startswith("**-2.")
     assert not fid[1][1].startswith("**") and fid[1][3].startswith("**")  # b beats c, not a

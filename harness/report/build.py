@@ -278,6 +278,31 @@ class Report:
                      *[h for _, h, _ in columns]], rows,
                      ["median and interquartile range over the same trials as the means above."])
 
+    def _per_split_table(self, shots: int, columns: list[tuple[str, str, Direction | None]]) -> Table | None:
+        """Each method on each class partition (mean ± CI over its seeds), when the suite has more than one: the
+        tables above pool the partitions; this one shows whether a method's standing depends on which classes are
+        novel."""
+        v = self.values[(self.values.shots == shots) & (self.values.kind == "metric") & ~self.values.reference]
+        splits = sorted({s for s in v["split"].tolist() if s is not None}, key=int)
+        if len(splits) < 2:
+            return None
+        rows = []
+        for label in self.labels:
+            for split in splits:
+                cells = []
+                for key, _, _ in columns:
+                    frame = v[(v.label == label) & (v.split == split) & (v.key == key)]
+                    n, mean, ci = mean_ci(frame["value"].tolist()) if not frame.empty else (0, math.nan, math.nan)
+                    cells.append(Cell(fmt(mean, ci) if n else "", title=f"{key}: n={n} seeds"))
+                if any(c.text for c in cells):
+                    rows.append(Row(f"{label}, split {split}", cells))
+        if not rows:
+            return None
+        return Table(f"per-split-{shots}", f"Per class split, {shots} shots", ["method, split",
+                     *[h for _, h, _ in columns]], rows,
+                     ["mean ± 95 % CI over the seeds of one class partition (split 0: the protocol's own classes; "
+                      "the partitions are listed in the suite file and in each trial's spec)."])
+
     def _shots_section(self, shots: int, keys: pd.DataFrame) -> Section:
         blocks: list[Any] = []
         if not keys.empty:
@@ -291,6 +316,9 @@ class Report:
             spread = self._spread_table(shots, cols)
             if spread is not None:
                 blocks.append(spread)
+            per_split = self._per_split_table(shots, cols)
+            if per_split is not None:
+                blocks.append(per_split)
             figure = self._bar_figure(shots, columns, refs, directions)
             if figure is not None:
                 blocks.append(figure)
