@@ -33,8 +33,15 @@ def validate(files: Annotated[list[Path], typer.Argument(help="suite YAML files"
             bad += 1
             err_console.print(f"[red]✗[/red] {exc}", highlight=False)
             continue
-        trials = expand(suite)
-        console.print(f"[green]✓[/green] {file}: suite {suite.name!r}, {len(trials)} trials", highlight=False)
+        from harness.suite import class_partitions
+
+        trials, splits = expand(suite), class_partitions(suite)
+        console.print(f"[green]✓[/green] {file}: suite {suite.name!r}, {len(trials)} trials ({len(suite.methods)} "
+                      f"methods × {len(splits)} class split{'s' * (len(splits) > 1)} × {len(suite.protocol.shots)} "
+                      f"shots × {len(suite.protocol.seeds)} seeds)", highlight=False)
+        for i, part in enumerate(splits[1:], start=1):
+            console.print(f"  split {i}: base {list(part.base)}, novel {list(part.novel)}, validation "
+                          f"{list(part.validation)}", highlight=False)
         for loc, msg in environment_problems(suite):
             console.print(f"[yellow]![/yellow] {file}: {loc}: {msg} (needed to run it here)", highlight=False,
                           soft_wrap=True)

@@ -208,6 +208,7 @@ PINNED_HASHES = {
     "suites/fewshot_fashion.yaml": ("c3a2fa6f65d0", "80b305882be5d62b"),
     "suites/fewshot_mnist.yaml": ("91202cc2e2ac", "e02cce127cdb2643"),
     "suites/fewshot_mnist_full.yaml": ("3ae144012d3a", "d55f9be7c9b797ac"),
+    "suites/fewshot_mnist_validity.yaml": ("21c4adb1d652", "96ea44f10333dc78"),  # added with class splits
     "suites/smoke.yaml": ("a3c8ef8fd8e0", "aec2672739060de3"),
 }
 
