@@ -475,7 +475,6 @@ def _run_on_cluster(command: str, suite, suite_file: Path, cluster_file: Path, *
 
 
 def _print_summary(run_dir: Path) -> None:
-    from harness.metrics.value import headline_values
     from harness.results import RESULT_FILE, TrialResult
 
     table = Table("trial", "status", "fit s", "final losses", "metrics")

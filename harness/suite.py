@@ -358,23 +358,22 @@ def _cross_checks(suite: Suite, info: DatasetInfo) -> list[tuple[str, str]]:
     problems = _partition_problems(
         {"base": ("protocol.base_classes", p.base_classes), "novel": ("protocol.novel_classes", p.novel_classes),
          "validation": ("protocol.validation_classes", p.validation_classes)}, p, info)
+    extra: list[tuple[str, ClassPartition | Partition]] = []  # (where in the suite, the partition's classes)
     if isinstance(p.class_splits, list):
-        for j, split in enumerate(p.class_splits):
-            where = f"protocol.class_splits[{j}]"
-            problems += _partition_problems({role: (f"{where}.{role}", getattr(split, role))
-                                             for role in ("base", "novel", "validation")}, p, info)
+        extra = [(f"protocol.class_splits[{j}]", split) for j, split in enumerate(p.class_splits)]
     elif isinstance(p.class_splits, RandomPartitions) and not problems:
         universe = len(set(p.base_classes) | set(p.novel_classes))
         if not 0 < p.class_splits.novel_count < universe - len(p.validation_classes):
             problems.append(("protocol.class_splits.novel_count", f"{p.class_splits.novel_count} novel classes of "
                              f"{universe} leave no base class to learn from (validation classes count as base)"))
-        elif len(class_partitions(suite, info)) < 1 + p.class_splits.random:
+        elif len(drawn := class_partitions(suite, info)) < 1 + p.class_splits.random:
             problems.append(("protocol.class_splits.random", f"{p.class_splits.random} distinct partitions beside "
                              "the protocol's own cannot be drawn from its classes"))
         else:
-            for j, part in enumerate(class_partitions(suite, info)[1:], start=1):
-                problems += _partition_problems({role: (f"protocol.class_splits (split {j}).{role}", getattr(part, role))
-                                                 for role in ("base", "novel", "validation")}, p, info)
+            extra = [(f"protocol.class_splits (split {j})", part) for j, part in enumerate(drawn[1:], start=1)]
+    for where, part in extra:
+        problems += _partition_problems({role: (f"{where}.{role}", getattr(part, role))
+                                         for role in ("base", "novel", "validation")}, p, info)
     if tuple(info.image_shape[1:]) not in {(28, 28), (32, 32), (64, 64)}:
         problems.append(("dataset.image_size", f"the methods' networks support 28, 32 or 64 px, not {info.image_shape[1:]}"))
 

@@ -3,7 +3,8 @@
 It is pure given its spec: it seeds everything from the spec, reads only the dataset it is handed (or loads the one
 the spec names) and writes only under its own trial directory. Executors differ in *where* trials run, never in
 *what* a trial computes: what they add (tracking, Tune reports, checkpoint storage, progress) are
-:class:`~harness.callbacks.TrialCallback` objects, and the trial's loop (:class:`TrialLoop`) decides when each is called.
+:class:`~harness.callbacks.TrialCallback` objects, and the trial's loop (:class:`TrialLoop`) decides when each
+is called.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from typing import Any
 import torch
 from torchvision.utils import save_image
 
-from harness.api import Budget, FewShotTask, FitHooks, GenerativeMethod, LabeledImages, Losses, TrialDiverged, loss_values
+from harness.api import (
+    Budget, FewShotTask, FitHooks, GenerativeMethod, LabeledImages, Losses, TrialDiverged, loss_values,
+)
 from harness.callbacks import TrialCallback, TrialInfo, TrialStopped, call_all, wants
 from harness.data import Dataset, FewShotSplit, load_dataset, make_split
 from harness.registry import METHODS

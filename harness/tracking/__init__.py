@@ -23,6 +23,7 @@ __all__ = [
     "SAMPLES_IMAGE_KEY", "SPLIT_PARAMS", "STATUS_TAG", "TRACKING_FILE", "TRIAL_ID_TAG", "TrackingCallback",
     "TrackingContext", "TrialTracker", "absolute_local_uri", "artifact_location", "check_tracking_server",
     "child_runs", "client_for", "default_tracking_uri", "experiment_url", "finish_run_tracking",
-    "get_or_create_experiment", "is_local_uri", "iter_children_by_trial", "flatten", "mlflow_key", "resolve_tracking_uri",
-    "relocate_store", "run_dir_store", "serve_ui", "spec_params", "start_run_tracking", "suite_param_keys", "ui_command",
+    "get_or_create_experiment", "is_local_uri", "iter_children_by_trial", "flatten", "mlflow_key",
+    "resolve_tracking_uri", "relocate_store", "run_dir_store", "serve_ui", "spec_params", "start_run_tracking",
+    "suite_param_keys", "ui_command",
 ]
