@@ -487,5 +487,5 @@ class RayExecutor(Executor):
             ray.shutdown()
 
     def run(self, specs, run_dir, *, device, tracking, progress):
-        return run_ray(specs, run_dir, device=device, max_failures=self.max_failures, verbose=2 if self.verbose else 0,
-                       tracking=tracking, storage=self.storage, progress=progress)
+        return run_ray(specs, run_dir, address=self.address, device=device, max_failures=self.max_failures,
+                       verbose=2 if self.verbose else 0, tracking=tracking, storage=self.storage, progress=progress)
