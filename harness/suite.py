@@ -75,6 +75,11 @@ class ProtocolConfig(pydantic.BaseModel):
         description="base classes that play the novel role while choosing (sweeps, ASHA): reduced to `shots` images, "
         "scored on their own held-out training images, so no choice ever sees a novel class or a test image",
     )
+    score_on: Literal["test", "validation"] = pydantic.Field(
+        "test", description="test: trials are the protocol's (novel classes, scored on their test images); "
+        "validation: every trial is a selection trial (each split's validation classes play the novel role, scored "
+        "on their held-out training images), for ablations and choices of defaults that must not see test images",
+    )
     class_splits: list[ClassPartition] | RandomPartitions | None = pydantic.Field(
         None, description="partitions of the classes beside the one above (which is split 0): explicit "
         "{base, novel, validation} entries or {random: N, novel_count: M, seed: S}; trials = method × split × shots "
@@ -252,7 +257,7 @@ class TrialSpec(pydantic.BaseModel):
 # fields added to a dump after version 1, with their defaults: hashed only when set (earlier hashes stay valid)
 _SPEC_ADDED = {"selection": "none", "split": 0}
 _SUITE_ADDED = {("protocol", "validation_classes"): [], ("protocol", "class_splits"): None,
-                ("sweep", "select_on"): "validation"}
+                ("protocol", "score_on"): "test", ("sweep", "select_on"): "validation"}
 
 
 def _without_defaults(dump: dict[str, Any], added: dict[Any, Any]) -> dict[str, Any]:
@@ -374,6 +379,11 @@ def _cross_checks(suite: Suite, info: DatasetInfo) -> list[tuple[str, str]]:
     for where, part in extra:
         problems += _partition_problems({role: (f"{where}.{role}", getattr(part, role))
                                          for role in ("base", "novel", "validation")}, p, info)
+    if p.score_on == "validation":
+        scored = [("protocol.validation_classes", p.validation_classes)]
+        scored += [(f"{where}.validation", part.validation) for where, part in extra]
+        problems += [(where, "protocol.score_on: validation scores every trial on its split's validation classes; "
+                      "list some here") for where, classes in scored if not classes]
     if tuple(info.image_shape[1:]) not in {(28, 28), (32, 32), (64, 64)}:
         problems.append(("dataset.image_size", f"the methods' networks support 28, 32 or 64 px, not {info.image_shape[1:]}"))
 
@@ -598,20 +608,22 @@ def trial_spec(suite: Suite, entry: MethodEntry, shots: int, seed: int, params: 
     )
 
 
-def selection_spec(suite: Suite, entry: MethodEntry, shots: int, seed: int) -> TrialSpec:
-    """The trial a sweep (or any selection) scores: with ``sweep.select_on: validation`` the validation classes play
-    the novel role — base classes are the others, the novel classes' images are absent altogether, and the held-out
-    images are the validation classes' own training images that are not shots; with ``select_on: test``, the
-    protocol's trial, flagged."""
-    spec = trial_spec(suite, entry, shots, seed)
-    select_on = suite.sweep.select_on if suite.sweep is not None else "validation"
+def selection_spec(suite: Suite, entry: MethodEntry, shots: int, seed: int, split: int = 0,
+                   select_on: Literal["validation", "test"] | None = None) -> TrialSpec:
+    """The trial a selection (a sweep, an ablation with ``protocol.score_on: validation``) scores. On
+    ``validation`` (the default; a sweep's ``sweep.select_on``) split ``split``'s validation classes play the novel
+    role — base classes are its others, the novel classes' images are absent altogether, and the held-out images are
+    the validation classes' own training images that are not shots; on ``test``, the protocol's trial, flagged."""
+    spec = trial_spec(suite, entry, shots, seed, split=split)
+    if select_on is None:
+        select_on = suite.sweep.select_on if suite.sweep is not None else "validation"
     if select_on == "test":
         return spec.model_copy(update={"selection": "test"})
-    info = dataset_info(suite.dataset)
-    validation = tuple(info.class_id(c) for c in suite.protocol.validation_classes)
+    validation = class_partitions(suite)[split].validation
     if not validation:
-        raise SuiteError(suite.name, [("protocol.validation_classes", "selection needs validation classes (or "
-                                       "sweep.select_on: test, which scores on test images)")])
+        field = "protocol.validation_classes" if split == 0 else f"protocol.class_splits[{split - 1}].validation"
+        raise SuiteError(suite.name, [(field, "selection needs validation classes (or sweep.select_on: test, which "
+                                              "scores on test images)")])
     return spec.model_copy(update={
         "base_classes": tuple(c for c in spec.base_classes if c not in validation),
         "novel_classes": tuple(sorted(validation)),
@@ -628,8 +640,10 @@ def expand(suite: Suite, methods: list[str] | None = None) -> list[TrialSpec]:
         if unknown:
             raise SuiteError(suite.name, [("methods", f"no method labelled {unknown} in this suite")])
     splits = range(len(class_partitions(suite)))
+    on_validation = suite.protocol.score_on == "validation"
     return [
-        trial_spec(suite, entry, shots, seed, split=split)
+        selection_spec(suite, entry, shots, seed, split, select_on="validation") if on_validation
+        else trial_spec(suite, entry, shots, seed, split=split)
         for entry in entries
         for split in splits
         for shots in suite.protocol.shots

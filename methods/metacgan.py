@@ -25,6 +25,10 @@ from methods.nets import Discriminator, dcgan_init
 
 __all__ = ["AlternatingSources", "ClassGroups", "MetaCGAN", "MetaCGANConfig", "MetaNet", "SupportContext"]
 
+RMSPROP_ALPHA = 0.99  # PyTorch's RMSprop defaults (the papers give only "RMSProp" and the rate)
+RMSPROP_EPS = 1e-8
+WARMUP_STEPS = round(1 / (1 - RMSPROP_ALPHA))  # the square average's time constant
+
 
 class MetaCGANConfig(AdversarialConfig):
     """Algorithm 1's settings (N_c = 4; learning rate 2·10⁻⁴; RMSProp for the discriminator and the encoders, Adam
@@ -59,11 +63,13 @@ class MetaCGANConfig(AdversarialConfig):
         "last", description="which generator deconvolution the parameter generator provides: an index into "
         "nets.Generator.deconvolutions (the up-blocks', then the output layer's) or 'last' = the output layer (ours)"
     )
-    generator_norm: Literal["batch", "none"] = pydantic.Field(
-        "batch", description="normalisation in the generator (ours: batch norm, DCGAN)"
+    generator_norm: Literal["batch", "instance", "layer", "none"] = pydantic.Field(
+        "batch", description="normalisation in the generator's stem and up-blocks: batch (ours: DCGAN's) or "
+        "instance (the seed notes' trick \"use instance batch normalization\" read as applying to G too)"
     )
     discriminator_norm: Literal["batch", "layer", "instance", "none"] = pydantic.Field(
-        "batch", description="normalisation in the discriminator (ours: batch norm, DCGAN)"
+        "batch", description="normalisation in the discriminator: batch (ours: DCGAN's) or instance (the seed "
+        "notes' trick read as applying to D too)"
     )
     encoder_norm: Literal["instance", "layer", "batch", "none"] = pydantic.Field(
         "instance", description="normalisation in the task and image encoders (ours: instance norm, so an image's "
@@ -72,6 +78,12 @@ class MetaCGANConfig(AdversarialConfig):
     encoder_update: Literal["discriminator", "generator"] = pydantic.Field(
         "discriminator", description="which update trains the encoders: 'discriminator' = with D's RMSProp on L_D "
         "(paper's Algorithm 1); 'generator' = with G's Adam on L_G (ours, an alternative)"
+    )
+    d_optimizer_start: Literal["pytorch", "bias_corrected", "warmup"] = pydantic.Field(
+        "pytorch", description="how the discriminator's RMSProp (α = 0.99, ε = 1e-8) starts: 'pytorch' = "
+        "torch.optim.RMSprop (square average from zero, no bias correction: the first steps are up to ~10× the "
+        "nominal rate); 'bias_corrected' = the square average divided by 1 − α^t (Adam with β1 = 0, β2 = α); "
+        "'warmup' = PyTorch's RMSProp with the rate ramped linearly over the first 1/(1 − α) = 100 steps"
     )
 
 
@@ -233,10 +245,27 @@ class MetaCGAN(AdversarialMethod):
     them with G's Adam on ``L_G`` (LEO-style, the encoder trained with the task's loss) and generates the
     discriminator's fakes without gradient, as the other baselines do.
 
+    **Open readings of the notes**, each a named option (``reports/seed_methods_ablation/`` measures them on
+    validation classes; a default changes only on that evidence):
+
+    * ``encoder_update``: Algorithm 1's line 18 updates "θ_d, θ_j" with RMSProp on L_D, and θ_j names both the
+      feature extractors' parameters (its Require line) and the generated weights (line 14). ``discriminator``
+      (default) reads it literally: the encoders learn with D; ``generator``: they learn with G on L_G (LEO-style);
+    * ``generator_norm`` / ``discriminator_norm``: the notes' trick "use instance batch normalization" does not say
+      where. Default: instance norm in the encoders only (``encoder_norm``), batch norm in G and D (DCGAN);
+      ``instance`` in G and/or D is the other reading;
+    * ``generated_layer``: the notes say "a deconvolution layer" of G. Default ``last``, the output layer (cheapest;
+      the codes' noise lands on pixels); an index picks an up-block (``0``: the first), whose output the following
+      norm re-scales;
+    * ``d_optimizer_start``: the notes give "RMSProp" and a rate. PyTorch's RMSprop has no bias correction, so
+      while the generator's Adam starts at its nominal rate, D's first steps are up to ~10× larger (``pytorch``,
+      default); ``bias_corrected`` and ``warmup`` remove that head start.
+
     **Our choices** (the papers are silent):
 
     * backbone: :mod:`methods.nets`' conditional DCGAN (label embedding in G's stem, one-hot label maps in D), BCE
-      losses (D: ``softplus(−D(x)) + softplus(D(G(z)))``, G: ``softplus(−D(G(z)))``); RMSProp with PyTorch's defaults;
+      losses (D: ``softplus(−D(x)) + softplus(D(G(z)))``, G: ``softplus(−D(G(z)))``); RMSProp with PyTorch's
+      α = 0.99 and ε = 1e-8;
     * the generated layer (``generated_layer``): the output deconvolution by default. Per-sample weights run as one
       grouped transposed convolution (:func:`methods.nets.conv_transpose2d_per_sample`). The parameter generator is a
       ``latent_dim × numel(θ)`` matrix: at width 32 on 28×28×1, ``64 × (32·1·4·4) = 32 768`` parameters for the output
@@ -318,7 +347,24 @@ class MetaCGAN(AdversarialMethod):
             d_params += self._encoder_parameters()
         else:
             g_params += self._encoder_parameters()
-        return adam(g_params, c.lr_g, (c.beta1, c.beta2)), torch.optim.RMSprop(d_params, lr=c.lr_d)
+        return adam(g_params, c.lr_g, (c.beta1, c.beta2)), self._d_optimizer(d_params)
+
+    def _d_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        """Algorithm 1's RMSProp for D (and, by the paper's rule, the encoders), started as ``d_optimizer_start``
+        says. RMSProp with bias correction is Adam without momentum: ``v_t = α v + (1 − α) g²``, step
+        ``lr · g / (√(v_t / (1 − α^t)) + ε)``."""
+        c = self.config
+        if c.d_optimizer_start == "bias_corrected":
+            return torch.optim.Adam(params, lr=c.lr_d, betas=(0.0, RMSPROP_ALPHA), eps=RMSPROP_EPS)
+        return torch.optim.RMSprop(params, lr=c.lr_d, alpha=RMSPROP_ALPHA, eps=RMSPROP_EPS)
+
+    def _d_learning_rate(self) -> float:
+        """D's rate at the current step: ``lr_d``, ramped linearly over the first ``1/(1 − α)`` steps with
+        ``d_optimizer_start="warmup"`` (from the step counter alone, so a resumed fit continues the ramp)."""
+        c = self.config
+        if c.d_optimizer_start != "warmup":
+            return c.lr_d
+        return c.lr_d * min(1.0, (self.step + 1) / WARMUP_STEPS)
 
     d_loss = DCGAN.d_loss  # BCE, the two terms summed
     g_loss = DCGAN.g_loss  # non-saturating -log D(G(z))
@@ -395,6 +441,8 @@ class MetaCGAN(AdversarialMethod):
         loss_d = self.d_loss(real_logits, fake_logits, real_in, fake_in, labels)
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
+        for group in self.opt_d.param_groups:
+            group["lr"] = self._d_learning_rate()
         self.opt_d.step()
         self.after_d_step()
 

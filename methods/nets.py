@@ -44,7 +44,7 @@ __all__ = [
 _START_SIZES = {28: 7, 32: 4, 64: 4}
 SUPPORTED_SIZES = tuple(sorted(_START_SIZES))
 
-GeneratorNorm = Literal["batch", "none"]
+GeneratorNorm = Literal["batch", "layer", "instance", "none"]
 DiscriminatorNorm = Literal["batch", "layer", "instance", "none"]
 
 
@@ -214,8 +214,7 @@ class Generator(nn.Module):
         _check("channels", channels, 1)
         _check("width", width, 1)
         _check("num_classes", num_classes, 0)
-        if norm not in ("batch", "none"):
-            raise ValueError(f"generator norm must be 'batch' or 'none', got {norm!r}")
+        _norm2d(norm, 1)  # validates the name
         start, steps = spatial_plan(image_size)
         self.z_dim, self.channels, self.image_size, self.num_classes = z_dim, channels, image_size, num_classes
         top = width * 2 ** (steps - 1)

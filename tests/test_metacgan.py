@@ -233,6 +233,74 @@ def test_encoders_trained_with_the_generator_when_asked():
     assert not {id(p) for p in method.meta.image_encoder.parameters()} & d_ids
 
 
+# ---- the notes' open readings: norms, D's optimiser start -------------------------------------------------------------
+
+@pytest.mark.parametrize(("generator_norm", "discriminator_norm"), [("instance", "instance"), ("batch", "instance"),
+                                                                     ("instance", "batch"), ("none", "layer")])
+def test_norms_present_where_configured(generator_norm, discriminator_norm):
+    kinds = {"batch": torch.nn.BatchNorm2d, "instance": torch.nn.InstanceNorm2d, "layer": torch.nn.GroupNorm,
+             "none": torch.nn.Identity}
+    method = make(generator_norm=generator_norm, discriminator_norm=discriminator_norm)
+    g_norms = [method.G.stem.norm, *(block.norm for block in method.G.blocks)]
+    d_norms = [block.norm for block in method.D.blocks[1:]]  # DCGAN: no norm on D's first block
+    assert g_norms and all(type(n) is kinds[generator_norm] for n in g_norms)
+    assert d_norms and all(type(n) is kinds[discriminator_norm] for n in d_norms)
+    others = set(kinds) - {generator_norm, discriminator_norm, "none"}
+    present = {type(m) for m in [*method.G.modules(), *method.D.modules()]}
+    assert not present & {kinds[k] for k in others}
+    # the encoders keep their own norm (instance by default)
+    assert any(isinstance(m, torch.nn.InstanceNorm2d) for m in method.meta.task_encoder.modules())
+    method.fit(make_task(), budget(2), NullHooks())
+    assert torch.isfinite(draw(method)).all()
+
+
+def d_update(start: str) -> tuple[list[torch.Tensor], list[torch.Tensor], MetaCGAN]:
+    """D's gradient at its first step and the change of D's weights that step made."""
+    method = make(d_optimizer_start=start, lr_d=1e-3)
+    before = [p.detach().clone() for p in method.D.parameters()]
+    seen = record_grads(method)
+    method.fit(make_task(), budget(1), NullHooks())
+    deltas = [p.detach() - b for p, b in zip(method.D.parameters(), before)]
+    return seen["opt_d"]["D"], deltas, method
+
+
+@pytest.mark.parametrize(("start", "rate", "correction"), [
+    ("pytorch", 1e-3, 1 - 0.99),          # v_1 = (1 − α) g², not corrected: ~10× the rate
+    ("bias_corrected", 1e-3, 1.0),        # v_1 / (1 − α¹) = g²: the nominal rate
+    ("warmup", 1e-3 / 100, 1 - 0.99),     # PyTorch's start at 1/100 of the rate
+])
+def test_d_optimizer_start_first_step_matches_the_formula(start, rate, correction):
+    grads, deltas, method = d_update(start)
+    checked = 0
+    for g, delta in zip(grads, deltas):
+        if g is None:
+            continue
+        expected = -rate * g / ((correction * g * g).sqrt() + 1e-8)
+        torch.testing.assert_close(delta, expected, rtol=1e-3, atol=1e-7)  # float32 weights: ~1e-7 ulp
+        checked += 1
+    assert checked >= 3
+    # the encoders follow D's optimiser under the paper's rule
+    encoder = {id(p) for e in method.meta.encoders() for p in e.parameters()}
+    assert encoder <= {id(p) for group in method.opt_d.param_groups for p in group["params"]}
+
+
+def test_d_warmup_ramps_to_the_rate_and_resumes_on_the_ramp():
+    method = make(d_optimizer_start="warmup", lr_d=1e-3)
+    task = make_task()
+    method.fit(task, budget(3), NullHooks())
+    assert method.opt_d.param_groups[0]["lr"] == pytest.approx(1e-3 * 3 / 100)
+    resumed = make(d_optimizer_start="warmup", lr_d=1e-3)
+    resumed.load_state_dict(method.state_dict())
+    resumed.fit(task, budget(4), NullHooks())
+    assert resumed.opt_d.param_groups[0]["lr"] == pytest.approx(1e-3 * 4 / 100)
+    straight = make(d_optimizer_start="warmup", lr_d=1e-3)
+    straight.fit(task, budget(4), NullHooks())
+    assert torch.equal(draw(straight), draw(resumed))
+    late = make(d_optimizer_start="warmup", lr_d=1e-3)
+    late.step = 150
+    assert late._d_learning_rate() == 1e-3
+
+
 # ---- Algorithm 1: alternating sources --------------------------------------------------------------------------------
 
 def observe(method: MetaCGAN, task: FewShotTask, steps: int) -> tuple[list[str], list[set[int]]]:

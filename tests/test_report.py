@@ -263,6 +263,20 @@ def test_statistics_directions_reference_rows_and_failures_on_constructed_result
     assert trials[0][-1] == "unknown" and next(r for r in trials if r[2] == "failed")[-1] == "–"
 
 
+def test_a_run_scored_on_validation_classes_says_so_and_a_protocol_run_does_not(tmp_path):
+    plain, validation = tmp_path / "plain", tmp_path / "validation"
+    _constructed_run(plain)
+    _constructed_run(validation)
+    for path in validation.glob("trials/*/result.json"):
+        result = json.loads(path.read_text())
+        result["spec"]["selection"] = "validation"
+        result["spec"]["novel_classes"] = [2]
+        path.write_text(json.dumps(result))
+    readme = (build_report(validation) / "README.md").read_text()
+    assert "**Scored on validation classes**" in readme and "novel classes per split: [2]" in readme
+    assert "Scored on validation classes" not in (build_report(plain) / "README.md").read_text()
+
+
 def test_single_seed_and_zero_metric_runs_say_so(tmp_path):
     run_dir = tmp_path / "run"
     _constructed_run(run_dir, with_metrics=False)

@@ -323,6 +323,34 @@ def test_selection_spec_puts_the_validation_classes_in_the_novel_role():
     assert spec.trial_id != trial_spec_id(suite)
 
 
+def test_score_on_validation_makes_every_trial_a_selection_trial_of_its_split():
+    data = _with("protocol.score_on", "validation", _with(
+        "protocol.class_splits", [{"base": [0, 2, 3], "novel": [1, "four"], "validation": [0]}],
+        _with("protocol.validation_classes", [2])))
+    suite = parse_suite(data, "x.yaml")
+    specs = expand(suite)
+    assert len(specs) == len(expand(parse_suite(VALID))) * 2
+    for spec in specs:
+        assert spec.selection == "validation" and spec.heldout_from == "train"
+        expected = (2,) if spec.split == 0 else (0,)
+        assert spec.novel_classes == expected and expected[0] not in spec.base_classes
+        original = (3, 4) if spec.split == 0 else (1, 4)  # the split's novel classes are absent altogether
+        assert not set(original) & (set(spec.base_classes) | set(spec.novel_classes))
+    # the default (test) keeps the protocol's trials and their ids
+    assert [s.trial_id for s in expand(parse_suite(_with("protocol.score_on", "test", VALID)))] == [
+        s.trial_id for s in expand(parse_suite(VALID))]
+
+
+def test_score_on_validation_needs_validation_classes_in_every_split():
+    data = _with("protocol.score_on", "validation", _with(
+        "protocol.class_splits", [{"base": [0, 2, 3], "novel": [1, "four"]}],
+        _with("protocol.validation_classes", [2])))
+    assert [loc for loc, _ in _problems(data)] == ["protocol.class_splits[0].validation"]
+    bare = _with("protocol.score_on", "validation", VALID)
+    assert [loc for loc, _ in _problems(bare)] == ["protocol.validation_classes"]
+    assert [loc for loc, _ in _problems(_with("protocol.score_on", "train", VALID))] == ["protocol.score_on"]
+
+
 def trial_spec_id(suite) -> str:
     from harness.suite import trial_spec
 

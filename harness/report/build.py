@@ -255,6 +255,15 @@ class Report:
         lines = [f"{len(t)} trials ({n_ok} ok, {stopped}{n_failed} failed or unfinished): methods "
                  f"{', '.join(f'`{m}`' for m in self.labels)}; shots {', '.join(map(str, self.shots))}; "
                  f"seeds {', '.join(map(str, seeds))}."]
+        scored = sorted(set(t.selection.dropna()) - {"none"})
+        if "validation" in scored:
+            classes = ", ".join(sorted(set(t.loc[t.selection == "validation", "novel_classes"].dropna())))
+            lines.append("**Scored on validation classes** (`protocol.score_on: validation`): in every trial base "
+                         f"classes played the novel role (novel classes per split: {classes}), scored on their own "
+                         "held-out training images; no test image and no image of the protocol's novel classes was "
+                         "used. These numbers are for choosing (ablations, defaults), not for publishing.")
+        if "test" in scored:
+            lines.append("**Selection trials scored on test images** (`sweep.select_on: test`): optimistic.")
         if keys.empty:
             lines.append("No evaluation metrics were recorded (the suite's `evaluation.metrics` is empty): the "
                          "tables show final losses and fit times only.")

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 __all__ = ["TRIAL_COLUMNS", "VALUE_COLUMNS", "ReportData", "load", "load_mlflow", "load_run_dir"]
 
 TRIAL_COLUMNS = [
-    "trial_id", "name", "label", "method", "shots", "seed", "split", "status", "error", "novel_classes",
+    "trial_id", "name", "label", "method", "shots", "seed", "split", "selection", "status", "error", "novel_classes",
     "data_source", "split_hash", "dataset_fingerprint", "evaluator", "evaluator_hash", "evaluator_test_accuracy",
     "git_commit", "host", "params",
 ]
@@ -75,6 +75,7 @@ def _trial_row(r: TrialResult) -> dict[str, Any]:
     return {
         "trial_id": r.trial_id, "name": r.name, "label": spec["label"], "method": spec["method"],
         "shots": int(spec["shots"]), "seed": int(spec["seed"]), "split": _text(spec.get("split")),
+        "selection": spec.get("selection") or "none",
         "status": r.status, "error": r.error or None,
         "novel_classes": _text(list(spec.get("novel_classes") or [])),
         **{k: _text(r.provenance.get(k)) for k in _PROVENANCE_KEYS},
