@@ -127,6 +127,7 @@ class PerClassMethod(GenerativeMethod):
             class_task = FewShotTask(
                 base=empty, novel=task.novel.of_class(label), base_classes=(), novel_classes=(label,),
                 image_shape=task.image_shape, seed=derive_seed(task.seed, "class", label),
+                dataset_name=task.dataset_name,
             )
             seed_everything(derive_seed(task.seed, "fit-class", label))
             self._model(label).fit(class_task, budget, _ClassHooks(hooks, label))

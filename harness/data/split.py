@@ -183,6 +183,7 @@ def make_split(
         novel_classes=tuple(novel),
         image_shape=tuple(info.image_shape),
         seed=seed,
+        dataset_name=info.name,
     )
 
     def digest(a: np.ndarray) -> str:
