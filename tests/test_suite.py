@@ -57,6 +57,18 @@ def test_trial_id_changes_with_anything_that_changes_the_computation():
         assert other.trial_id != base.trial_id, path
 
 
+def test_data_full_makes_reference_trials_and_the_default_changes_no_hash():
+    plain = parse_suite(copy.deepcopy(VALID))
+    explicit = parse_suite(_with("methods.0.data", "few"))
+    full = parse_suite(_with("methods.0.data", "full"))
+    assert suite_hash(explicit) == suite_hash(plain) != suite_hash(full)
+    ids = [t.trial_id for t in expand(plain)]
+    assert [t.trial_id for t in expand(explicit)] == ids
+    trials = expand(full)
+    assert [(t.data, t.reference) for t in trials] == [("full", True)] * 6 + [("few", False)] * 6
+    assert not {t.trial_id for t in trials[:6]} & set(ids) and [t.trial_id for t in trials[6:]] == ids[6:]
+
+
 def test_method_budget_override_applies_to_that_method_only():
     data = _with("methods.1.budget", {"steps": 3})
     trials = expand(parse_suite(data))
@@ -109,6 +121,9 @@ MALFORMED = [
     ("wrong param type", _with("methods.0.params", {"lr_g": "fast"}), "methods[0].params.lr_g", "number"),
     ("duplicate labels", _with("methods.1", {"name": "dcgan"}), "methods[1].label", "twice"),
     ("bad label", _with("methods.0.label", "a b"), "methods[0].label", "pattern"),
+    ("unknown data", _with("methods.0.data", "all"), "methods[0].data", "'few' or 'full'"),
+    ("full data no more than the shots", _with("methods.0.data", "full", _with("protocol.shots", [400])),
+     "methods[0].data", "no more than the 400 shots for novel class(es) '3': 400"),
     ("missing budget", _with("budget", DELETE), "budget", "required"),
     ("zero steps", _with("budget.steps", 0), "budget.steps", "greater than or equal to 1"),
     ("unknown budget key", _with("budget.epochs", 3), "budget.epochs", "unknown field"),
