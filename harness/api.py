@@ -71,7 +71,12 @@ class LabeledImages:
 
 @dataclass(frozen=True)
 class FewShotTask:
-    """What a method may see: all base-class training images and ``k`` shots per novel class."""
+    """What a method may see: all base-class training images and ``k`` shots per novel class (every training image
+    of the novel classes in a ``data: full`` reference trial).
+
+    ``dataset_name`` is the registered name of the dataset the images come from (None when they come from nowhere
+    named, e.g. a test's random tensors): a fact, not data, for choices that depend on the kind of images -- e.g.
+    whether a mirror image is still of its class (:func:`harness.augment.flips_fit`)."""
 
     base: LabeledImages
     novel: LabeledImages
@@ -79,6 +84,7 @@ class FewShotTask:
     novel_classes: tuple[int, ...]
     image_shape: tuple[int, int, int]
     seed: int
+    dataset_name: str | None = None
 
     @property
     def shots(self) -> int:
@@ -100,7 +106,7 @@ class FewShotTask:
     def to(self, device: torch.device | str) -> FewShotTask:
         return FewShotTask(
             self.base.to(device), self.novel.to(device), self.base_classes, self.novel_classes,
-            self.image_shape, self.seed,
+            self.image_shape, self.seed, self.dataset_name,
         )
 
 

@@ -14,6 +14,9 @@ if TYPE_CHECKING:
     from harness.results import TrialResult
 
 
+REFERENCE_MARK = "[reference: full data]"  # a `data: full` trial: an oracle upper bound, not a few-shot result
+
+
 def headline_text(result: TrialResult, limit: int = 6) -> str:
     """The first ``limit`` headline metrics of a finished trial (pooled values of the generated samples), or what a
     stopped trial reached."""
@@ -70,12 +73,13 @@ class RunProgress:
         self.counts[status] += 1
         fit = result.wall_times.get("fit_s")
         timing = f" fit {fit:.0f} s" if fit is not None else ""
+        name = escape(result.name) + (f" {escape(REFERENCE_MARK)}" if result.spec.get("data") == "full" else "")
         if status == "ok":
-            line = f"[green]✓[/green] {escape(result.name)}{timing}  {escape(headline_text(result))}"
+            line = f"[green]✓[/green] {name}{timing}  {escape(headline_text(result))}"
         elif status == "stopped":
-            line = f"[yellow]■[/yellow] {escape(result.name)} stopped early{timing}  {escape(headline_text(result))}"
+            line = f"[yellow]■[/yellow] {name} stopped early{timing}  {escape(headline_text(result))}"
         else:
-            line = f"[red]✗ {escape(result.name)} failed[/red]: {escape(str(result.error))}"
+            line = f"[red]✗ {name} failed[/red]: {escape(str(result.error))}"
         self.console.print(line, highlight=False, soft_wrap=True)
         self._refresh(advance=1)
 

@@ -111,6 +111,9 @@ def _method_registry() -> Registry:
         "cgan": "methods.cgan:CGAN",
         "glico": "methods.glico:GLICO",
         "metacgan": "methods.metacgan:MetaCGAN",
+        # baselines that train nothing: the floor a generator is read against
+        "copy_shots": "methods.copy_shots:CopyShots",
+        "augment_shots": "methods.augment_shots:AugmentShots",
     })
 
 

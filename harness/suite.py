@@ -7,6 +7,7 @@ registry — and reports *all* problems at once, each as ``FILE: field.path: mes
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import dataclass
@@ -112,10 +113,20 @@ class MethodEntry(pydantic.BaseModel):
     )
     params: dict[str, Any] = pydantic.Field(default_factory=dict, description="fields of the method's Config")
     budget: BudgetOverride | None = pydantic.Field(None, description="overrides of the suite budget")
+    data: Literal["few", "full"] = pydantic.Field(
+        "few", description="few: the protocol's `shots` images of each novel class; full: every training image of "
+        "the novel classes (never a test image) -- an oracle reference, reported apart and never ranked with the "
+        "few-shot methods",
+    )
 
     @property
     def display(self) -> str:
         return self.label or self.name
+
+    @property
+    def reference(self) -> bool:
+        """A ``data: full`` entry: an upper bound to read the few-shot methods against, not a contender."""
+        return self.data == "full"
 
 
 class ResourcesConfig(pydantic.BaseModel):
@@ -236,6 +247,13 @@ class TrialSpec(pydantic.BaseModel):
         "none", description="none: a trial of the protocol; validation: a selection trial whose novel classes are "
         "validation classes, held out from their training images; test: a selection trial scored on test images")
     split: int = pydantic.Field(0, ge=0, description="which class partition (0: the protocol's own)")
+    data: Literal["few", "full"] = pydantic.Field(
+        "few", description="few: `shots` training images per novel class; full: all of them, an oracle reference")
+
+    @property
+    def reference(self) -> bool:
+        """A ``data: full`` trial: an oracle reference, never ranked with the few-shot trials."""
+        return self.data == "full"
 
     @property
     def heldout_from(self) -> Literal["test", "train"]:
@@ -255,20 +273,26 @@ class TrialSpec(pydantic.BaseModel):
 
 
 # fields added to a dump after version 1, with their defaults: hashed only when set (earlier hashes stay valid)
-_SPEC_ADDED = {"selection": "none", "split": 0}
+# (a "*" in a nested key stands for every element of a list)
+_SPEC_ADDED = {"selection": "none", "split": 0, "data": "few"}
 _SUITE_ADDED = {("protocol", "validation_classes"): [], ("protocol", "class_splits"): None,
-                ("protocol", "score_on"): "test", ("sweep", "select_on"): "validation"}
+                ("protocol", "score_on"): "test", ("sweep", "select_on"): "validation",
+                ("methods", "*", "data"): "few"}
 
 
 def _without_defaults(dump: dict[str, Any], added: dict[Any, Any]) -> dict[str, Any]:
-    dump = {k: (dict(v) if isinstance(v, dict) else v) for k, v in dump.items()}
+    dump = copy.deepcopy(dump)
     for key, default in added.items():
         *parents, leaf = key if isinstance(key, tuple) else (key,)
-        node = dump
+        nodes = [dump]
         for parent in parents:
-            node = node.get(parent) if isinstance(node, dict) else None
-        if isinstance(node, dict) and node.get(leaf) == default:
-            node.pop(leaf)
+            if parent == "*":
+                nodes = [item for node in nodes if isinstance(node, list) for item in node]
+            else:
+                nodes = [node.get(parent) for node in nodes if isinstance(node, dict)]
+        for node in nodes:
+            if isinstance(node, dict) and leaf in node and node[leaf] == default:
+                node.pop(leaf)
     return dump
 
 
@@ -400,6 +424,8 @@ def _cross_checks(suite: Suite, info: DatasetInfo) -> list[tuple[str, str]]:
             method_cls.Config(**entry.params)
         except pydantic.ValidationError as exc:
             problems += _pydantic_problems(exc, f"methods[{i}].params")
+        if entry.reference:
+            problems += _full_data_problems(suite, info, f"methods[{i}].data")
 
     from harness.metrics import METRICS  # imported late to keep `validate` light
 
@@ -428,6 +454,25 @@ def _cross_checks(suite: Suite, info: DatasetInfo) -> list[tuple[str, str]]:
                              "(base classes playing the novel role); list some, or set sweep.select_on: test to score "
                              "on the novel classes' test images (flagged in every result and the report)"))
     return problems
+
+
+def _full_data_problems(suite: Suite, info: DatasetInfo, loc: str) -> list[tuple[str, str]]:
+    """``data: full`` bounds the few-shot methods from above only where it gives a method more than they get: every
+    novel class of every class split needs more training images than the largest ``shots`` (otherwise the
+    "reference" is the few-shot trial again, and would be reported as what it is not)."""
+    if not info.train_per_class:
+        return []  # counts unknown before loading (a reader without metadata): nothing to check here
+    try:
+        partitions = class_partitions(suite, info)
+    except ValueError:
+        return []  # unknown classes: named by the partition checks
+    k = max(suite.protocol.shots)
+    short = sorted({c for part in partitions for c in part.novel if info.train_per_class.get(c, 0) <= k})
+    if not short:
+        return []
+    counts = ", ".join(f"{info.class_names[c]!r}: {info.train_per_class.get(c, 0)}" for c in short)
+    return [(loc, f"full data is no more than the {k} shots for novel class(es) {counts} (training images), so a "
+             "`data: full` reference would repeat the few-shot trial; use `data: few` or more training images")]
 
 
 def _validation_class_problems(p: ProtocolConfig, resolved: dict[str, list[int]], info: DatasetInfo,
@@ -598,6 +643,7 @@ def trial_spec(suite: Suite, entry: MethodEntry, shots: int, seed: int, params: 
         base_classes=partition.base,
         novel_classes=partition.novel,
         split=split,
+        data=entry.data,
         shots=shots,
         seed=seed,
         eval_images_per_class=suite.protocol.eval_images_per_class,

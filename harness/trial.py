@@ -127,6 +127,7 @@ class PerClassMethod(GenerativeMethod):
             class_task = FewShotTask(
                 base=empty, novel=task.novel.of_class(label), base_classes=(), novel_classes=(label,),
                 image_shape=task.image_shape, seed=derive_seed(task.seed, "class", label),
+                dataset_name=task.dataset_name,
             )
             seed_everything(derive_seed(task.seed, "fit-class", label))
             self._model(label).fit(class_task, budget, _ClassHooks(hooks, label))
@@ -296,11 +297,12 @@ def run_trial(
         split = make_split(
             dataset, spec.base_classes, spec.novel_classes, spec.shots, spec.seed,
             eval_images_per_class=spec.eval_images_per_class, base_images_per_class=spec.base_images_per_class,
-            heldout_from=spec.heldout_from,
+            heldout_from=spec.heldout_from, data=spec.data,
         )
         result.provenance.update(_data_provenance(dataset, split))
         result.provenance["selection"] = spec.selection  # "test": chosen on test images, flagged wherever shown
         result.provenance["heldout_from"] = spec.heldout_from
+        result.provenance["data"] = spec.data  # "full": an oracle reference, reported apart from the few-shot methods
 
         model = build_method(spec, split.task.image_shape, dataset.info.num_classes, torch_device)
         result.provenance["method_config"] = model.config.model_dump(mode="json")
@@ -379,6 +381,7 @@ def _data_provenance(dataset: Dataset, split: FewShotSplit) -> dict[str, Any]:
         "split_hash": split.split_hash,
         "shot_indices": {str(c): idx for c, idx in split.shot_indices.items()},
         "num_base_images": len(split.task.base),
+        "num_novel_images": len(split.task.novel),
         "num_heldout_images": len(split.heldout),
     }
 

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HARNESS = shutil.which("harness", path=str(Path(sys.executable).parent)) or "harness"
 
 
-def _result(name: str, status: str, *, error: str | None = None, evaluations=()) -> TrialResult:
+def _result(name: str, status: str, *, error: str | None = None, evaluations=(), spec=None) -> TrialResult:
     metrics = metrics_from_json({
         "fid": {"value": 41.25, "std": None, "higher_is_better": False, "metric": "fid", "class": None,
                 "reference": False, "n": 100},
@@ -29,7 +29,7 @@ def _result(name: str, status: str, *, error: str | None = None, evaluations=())
         "fid_real_floor": {"value": 3.5, "std": None, "higher_is_better": False, "metric": "fid", "class": None,
                            "reference": True, "n": 100},
     }) if status == "ok" else {}
-    return TrialResult(trial_id=name, name=name, status=status, spec={}, metrics=metrics, error=error,
+    return TrialResult(trial_id=name, name=name, status=status, spec=spec or {}, metrics=metrics, error=error,
                        wall_times={"fit_s": 12.0}, evaluations=list(evaluations))
 
 
@@ -48,6 +48,15 @@ def test_finished_trials_get_one_line_each_and_failures_show_their_error():
     assert lines[1] == "✗ b failed: TrialDiverged: non-finite loss at step 7"
     assert lines[2] == "■ c stopped early fit 12 s  fid=80 at step 250"
     assert progress.counts == {"ok": 1, "failed": 1, "stopped": 1} and not progress.running
+
+
+def test_a_full_data_trial_is_marked_as_a_reference():
+    out = io.StringIO()
+    with RunProgress(2, console=Console(file=out, width=200, color_system=None), enabled=False) as progress:
+        progress.finished(_result("dcgan-full", "ok", spec={"data": "full"}))
+        progress.finished(_result("dcgan", "ok", spec={"data": "few"}))
+    assert out.getvalue().splitlines() == ["✓ dcgan-full [reference: full data] fit 12 s  fid=41.2",
+                                           "✓ dcgan fit 12 s  fid=41.2"]
 
 
 def test_a_trial_lost_without_a_result_is_reported_as_failed():

@@ -643,3 +643,24 @@ def test_a_validation_split_holds_out_training_images_and_reads_no_test_image(em
         make_split(embedded, [0, 1], [2], shots=5, seed=0, heldout_from="validation")
     with pytest.raises(ValueError, match="too few"):
         make_split(embedded, [0, 1], [2], shots=5, seed=0, eval_images_per_class=10_000, heldout_from="train")
+
+
+def test_a_full_data_split_holds_every_training_image_of_the_novel_classes_and_no_test_image(
+        split_dataset: Dataset) -> None:
+    """``data="full"`` (an oracle reference): the method gets all training images of the novel classes; base images
+    and held-out images are the few-shot split's own, and the split hashes apart from it."""
+    ds = split_dataset
+    few = make_split(ds, [0, 1], [2, 3], shots=4, seed=0)
+    full = make_split(ds, [0, 1], [2, 3], shots=4, seed=0, data="full")
+    labels = ds.train.labels.numpy()
+    for c in (2, 3):
+        assert full.shot_indices[c] == np.flatnonzero(labels == c).tolist() and len(full.shot_indices[c]) == 20
+    novel = _rows(full.task.novel.images)
+    assert novel == _rows(ds.train.images[torch.as_tensor(np.isin(labels, [2, 3]))]) and len(full.task.novel) == 40
+    assert not novel & _rows(ds.test.images)
+    assert torch.equal(full.heldout.images, few.heldout.images) and torch.equal(full.task.base.images,
+                                                                                few.task.base.images)
+    assert full.split_hash != few.split_hash
+    assert full.task.dataset_name == "mnist"
+    with pytest.raises(ValueError, match="data must be one of 'few', 'full'"):
+        make_split(ds, [0, 1], [2, 3], shots=4, seed=0, data="all")

@@ -47,6 +47,10 @@ TINY_PARAMS: dict[str, dict[str, Any]] = {
     "glico": {"code_dim": 16, "noise_dim": 8, "hidden": 32, "width": 4, "classifier_width": 4,
               "base_classifier_width": 4, "base_classifier_steps": 3},
 }
+# Methods whose fit only stores the shots (the copy_shots / augment_shots baselines): no parameters move, so
+# "training on changes the samples" and "the seed changes the result" become their opposites -- the samples depend on
+# the stored shots and the sampling generator alone (the seed picks the shots, but that is the harness's split).
+STORE_ONLY = {"copy_shots", "augment_shots"}
 # Options that change what a method draws from its random generator, checked as variants of the tiny instance:
 # DiffAugment draws every augmentation from it, so determinism and resume must hold with it on too.
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
@@ -205,7 +209,10 @@ def test_state_dict_is_a_snapshot_that_a_new_instance_samples_from_identically(c
     method.fit(task, budget(2), NullHooks())
     state, samples = method.state_dict(), draw(method, task)
     method.fit(task, budget(3), NullHooks())  # training on must leave the snapshot as it was ...
-    assert not torch.equal(draw(method, task), samples)  # ... and does train
+    if case.name in STORE_ONLY:  # ... and stores nothing new
+        assert torch.equal(draw(method, task), samples)
+    else:  # ... and does train
+        assert not torch.equal(draw(method, task), samples)
     restored = make(case)
     restored.load_state_dict(state)
     assert torch.equal(draw(restored, task), samples)
@@ -250,7 +257,10 @@ def test_the_result_depends_on_the_task_seed_only(case):
     task = make_task(case)
     assert records_a == records_b and differences(a.state_dict(), b.state_dict()) == []
     assert torch.equal(draw(a, task), draw(b, task))
-    assert differences(a.state_dict(), c.state_dict()) != [] and not torch.equal(draw(a, task), draw(c, task))
+    if case.name in STORE_ONLY:  # the same shots under another seed: the same method
+        assert differences(a.state_dict(), c.state_dict()) == [] and torch.equal(draw(a, task), draw(c, task))
+    else:
+        assert differences(a.state_dict(), c.state_dict()) != [] and not torch.equal(draw(a, task), draw(c, task))
     assert not torch.equal(draw(a, task, seed=1), draw(a, task, seed=2))  # sampling follows its generator
 
 

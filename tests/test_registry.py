@@ -23,7 +23,7 @@ def test_builtin_methods_resolve_to_generative_methods():
 def test_unknown_name_suggests_the_closest():
     with pytest.raises(UnknownNameError, match=r"did you mean 'wgan_gp'"):
         METHODS.get("wgan-gp")
-    with pytest.raises(UnknownNameError, match="registered: cgan"):
+    with pytest.raises(UnknownNameError, match="registered: augment_shots, cgan, copy_shots, dcgan"):
         METHODS.get("zzzzzz")
 
 

@@ -4,6 +4,7 @@ metric registry, failures, sweeps)."""
 
 from __future__ import annotations
 
+import hashlib
 import html.parser
 import json
 import math
@@ -181,12 +182,15 @@ def test_html_report_renders_tables_and_images_in_headless_chromium(tracked_run,
 
 
 def _write_trial(run_dir: Path, label: str, shots: int, seed: int, metrics: dict, *, status: str = "ok",
-                 error: str | None = None, split: int | None = None) -> None:
-    """One trial's result.json; ``split``: a class-split id in the spec (results before class splits have none)."""
-    trial_id = f"{label}{shots}{seed}{'' if split is None else f's{split}'}".ljust(12, "0")[:12]
+                 error: str | None = None, split: int | None = None, method: str | None = None,
+                 data: str | None = None) -> None:
+    """One trial's result.json; ``split``: a class-split id in the spec (results before class splits have none);
+    ``method``: default the label; ``data``: the spec's ``data`` (results before it existed have none)."""
+    key = f"{label}{shots}{seed}{'' if split is None else f's{split}'}"
+    trial_id = key.ljust(12, "0") if len(key) <= 12 else hashlib.sha256(key.encode()).hexdigest()[:12]
     name = f"{label}-{shots}shot-seed{seed}" + ("" if split is None else f"-split{split}")
-    spec = {"label": label, "method": label, "shots": shots, "seed": seed, "novel_classes": [3, 4],
-            **({} if split is None else {"split": split})}
+    spec = {"label": label, "method": method or label, "shots": shots, "seed": seed, "novel_classes": [3, 4],
+            **({} if split is None else {"split": split}), **({} if data is None else {"data": data})}
     result = TrialResult(trial_id, name, status, spec, metrics=metrics_from_json(metrics),
                          final_losses={"loss_g": 1.0 + seed},
                          provenance={"data_source": "embedded:test", "split_hash": f"split{shots}{seed}",
@@ -453,3 +457,42 @@ def test_a_winner_by_one_collapsed_seed_in_three_looks_different_from_one_that_n
     marks = {r[0]: r[-1] for r in _table_rows(readme, "Trials")}
     assert marks["lucky-5shot-seed2"] == "**yes**" and marks["lucky-5shot-seed0"] == "no"
     assert marks["steady-5shot-seed2"] == "no"
+
+
+def test_full_data_references_are_reported_apart_and_copy_shots_is_the_bar_beside_memorisation(tmp_path):
+    """Two class splits × four seeds = 8 pairs. ``good`` has a lower FID than ``copy_shots`` on every pair (by 5 and
+    a bit), ``copier`` a higher one; ``dcgan-full`` (data: full) has the lowest FID of all but is a reference: its
+    own row under the best row, never bold, never in the best row or the paired matrix, no copy_shots verdict."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "suite.yaml").write_text(yaml.safe_dump({"name": "references", "methods": [
+        {"name": "good"}, {"name": "copier"}, {"name": "copy_shots"},
+        {"name": "dcgan", "label": "dcgan-full", "data": "full"}],
+        "evaluation": {"metrics": ["fid", "memorisation"]}}))
+    entries = {"good": -5.0, "copier": 2.0, "copy_shots": 0.0, "dcgan-full": -15.0}
+    for split in (0, 1):
+        for seed in range(4):
+            i = 4 * split + seed
+            for label, offset in entries.items():
+                full = label == "dcgan-full"
+                _write_trial(run_dir, label, 5, seed, {
+                    "fid": _value(30.0 + 2.0 * i + offset - 0.1 * i * (label == "good"), False, metric="fid"),
+                    "memorisation": _value(0.2 if label == "copy_shots" else 0.9, None, metric="memorisation"),
+                }, split=split, method="dcgan" if full else label, data="full" if full else "few")
+    readme = (build_report(run_dir) / "README.md").read_text()
+    rows = _table_rows(readme, "Metrics, 5 shots")
+    header = next(line for line in readme.splitlines() if line.startswith("| method | fid"))
+    assert [c.strip() for c in header.strip("|").split(" | ")][1:] == [
+        "fid ↓", "memorisation (≈ 1)", "fid vs copy_shots", "collapsed"]
+    assert [r[0] for r in rows] == ["good", "copier", "copy_shots", "*best (paired)*",
+                                    "*dcgan-full (reference, full data)*"]
+    good, copier, copy, best, reference = rows
+    assert good[1].startswith("**") and best[1] == "good"  # the reference's lower FID does not make it best
+    assert good[3].startswith("yes: -5.") and copier[3].startswith("no: 2 [2, 2]") and copy[3] == "(the baseline)"
+    assert reference[1] == "22.0 ± 4.1" and reference[3:] == ["", "unknown"]  # 30 + 2 · 3.5 − 15; no verdict
+    matrix = _table_rows(readme, "fid ↓: paired differences (row − column), 5 shots")
+    assert [r[0] for r in matrix] == ["good", "copier", "copy_shots"]  # the reference is never compared
+    assert "reproducing its training images" in readme and "(reference, full data)*: trained on every" in readme
+    assert "references trained on full data (never ranked): `dcgan-full`" in readme
+    samples = _table_rows(readme, "Samples, 5 shots")
+    assert samples[-1][0] == "dcgan-full (reference, full data) (seed 0)"

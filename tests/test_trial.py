@@ -304,3 +304,29 @@ def test_a_selection_trial_is_scored_only_on_validation_images(tmp_path, smoke, 
     task_classes = set(split.task.base.labels.tolist()) | set(split.task.novel.labels.tolist())
     assert task_classes == {0, 1, 2}  # the novel digits 3 and 4 are absent altogether
     assert result.provenance["selection"] == "validation" and result.provenance["heldout_from"] == "train"
+
+
+def test_a_full_data_trial_sees_every_training_image_of_the_novel_classes_and_is_recorded_as_a_reference(
+        tmp_path, smoke):
+    from harness.tracking import spec_params
+    from harness.tracking.runs import REFERENCE_TAG, reference_tags
+
+    suite, dataset = smoke
+    few = _spec(suite, "cgan", steps=1)
+    spec = few.model_copy(update={"method": "copy_shots", "label": "copy_shots-full", "params": {}, "data": "full",
+                                  "evaluation": few.evaluation.model_copy(update={"metrics": []})})
+    result = run_trial(spec, tmp_path, dataset=dataset, device="cpu")
+    stored = TrialResult.load(trial_dir_for(tmp_path, spec) / "result.json")
+    assert result.status == stored.status == "ok"
+    assert stored.spec["data"] == stored.provenance["data"] == "full"
+    train_labels = dataset.train.labels
+    for c in spec.novel_classes:
+        assert stored.provenance["shot_indices"][str(c)] == torch.nonzero(train_labels == c).flatten().tolist()
+    assert stored.provenance["num_novel_images"] == int(sum((train_labels == c).sum() for c in spec.novel_classes))
+    # copy_shots replays what it was given: its samples reach beyond the 5 shots a few-shot trial would hold
+    samples = torch.load(trial_dir_for(tmp_path, spec) / "samples.pt")["images"]
+    distinct = {bytes(x.numpy().tobytes()) for x in samples}
+    train = {bytes((x * 255).round().to(torch.uint8).numpy().tobytes()) for x in dataset.train.images}
+    assert distinct <= train and len(distinct) > 2 * spec.shots
+    assert spec_params(spec)["data"] == "full" and spec_params(few)["data"] == "few"
+    assert REFERENCE_TAG in reference_tags(spec) and reference_tags(few) == {}

@@ -9,6 +9,9 @@ Randomness (all ``numpy.random.default_rng``, so a split is a pure function of i
 * evaluation cap (``eval_images_per_class``): ``default_rng([0, 2, c])`` picks the held-out test images -- the same for
   every seed on purpose, so seeds differ in shots and training only, not in the evaluation images.
 
+``data="full"`` (an oracle reference, not a few-shot trial) gives the method every training image of the novel
+classes instead of ``shots`` of them; nothing else changes, so the held-out images are the few-shot trials' own.
+
 Chosen indices are kept in ascending dataset order. Held-out images come from the dataset's TEST split and shots
 from its TRAIN split, so no held-out image can be a shot.
 """
@@ -27,7 +30,9 @@ import torch
 from harness.api import FewShotTask, LabeledImages
 from harness.data.dataset import Dataset
 
-__all__ = ["FewShotSplit", "make_split"]
+__all__ = ["DATA_CHOICES", "FewShotSplit", "make_split"]
+
+DATA_CHOICES = ("few", "full")  # `shots` images of each novel class, or all its training images (a reference)
 
 SPLIT_HASH_VERSION = 1
 EVAL_SEED = 0
@@ -97,12 +102,16 @@ def make_split(
     eval_images_per_class: int | None = None,
     base_images_per_class: int | None = None,
     heldout_from: str = "test",
+    data: str = "few",
 ) -> FewShotSplit:
     """Build the ``shots``-shot task for ``seed`` and its held-out evaluation data.
 
     ``heldout_from="train"`` (a selection trial: validation classes playing the novel role) holds out *training*
     images of the novel classes instead — ``eval_images_per_class`` of them, default half, the same for every seed —
     and draws the shots from the rest, so choosing a configuration never reads the test split.
+
+    ``data="full"``: the novel classes' "shots" are all their training images (all those not held out, with
+    ``heldout_from="train"``); ``shots`` is still checked against them but chooses nothing.
 
     base: all TRAIN images of ``base_classes`` (at most ``base_images_per_class`` each, picked by seed); novel:
     ``shots`` TRAIN images per novel class drawn by seed; heldout: the TEST images of the novel classes (at most
@@ -135,6 +144,9 @@ def make_split(
 
     if heldout_from not in ("test", "train"):
         raise ValueError(f"heldout_from must be 'test' or 'train', got {heldout_from!r}")
+    if data not in DATA_CHOICES:
+        raise ValueError(f"data must be one of {', '.join(map(repr, DATA_CHOICES))}, got {data!r}")
+    keep = None if data == "full" else shots  # how many of a class's available training images the method gets
     shot_indices: dict[int, list[int]] = {}
     heldout_idx: list[np.ndarray] = []
     for c in novel:
@@ -146,13 +158,13 @@ def make_split(
                 raise ValueError(f"validation class {c} ({name!r}) has {len(available)} training images: too few "
                                  f"for {shots} shots and {len(held) or 'any'} held-out images")
             heldout_idx.append(held)
-            shot_indices[c] = _choose(np.setdiff1d(available, held), shots, [seed, _SHOTS, c]).tolist()
+            shot_indices[c] = _choose(np.setdiff1d(available, held), keep, [seed, _SHOTS, c]).tolist()
             continue
         if len(available) < shots:
             raise ValueError(
                 f"novel class {c} ({name!r}) has {len(available)} training images, fewer than shots={shots}"
             )
-        shot_indices[c] = _choose(available, shots, [seed, _SHOTS, c]).tolist()
+        shot_indices[c] = _choose(available, keep, [seed, _SHOTS, c]).tolist()
         test_available = np.flatnonzero(test_labels == c)
         if len(test_available) == 0:
             raise ValueError(f"novel class {c} ({name!r}) has no test images to hold out for evaluation")
@@ -183,6 +195,7 @@ def make_split(
         novel_classes=tuple(novel),
         image_shape=tuple(info.image_shape),
         seed=seed,
+        dataset_name=info.name,
     )
 
     def digest(a: np.ndarray) -> str:
@@ -204,6 +217,8 @@ def make_split(
     }
     if heldout_from == "train":  # only then: the hashes of every earlier split stay as they were
         record["heldout_from"] = "train"
+    if data != "few":  # likewise
+        record["data"] = data
     split_hash = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
     heldout_source = dataset.train if heldout_from == "train" else dataset.test
     return FewShotSplit(

@@ -4,9 +4,10 @@ A small CNN is trained from scratch on the k shots of the novel classes — plus
 samples (``generated_fraction`` of every batch, default half) — and tested on the held-out real images of those
 classes. Two baselines use the same classifier, steps and seeds: ``real_only`` (shots alone) and ``classic_aug``
 (shots with random rotation / scale / translation, i.e. random-crop-like shifts, plus horizontal flips only where
-they fit the data: not for digits). Each arm runs ``seeds`` classifier seeds derived from the split's seed (the same
-seeds in every arm, so the arms are paired); results are mean ± std over them. The baselines depend only on the split
-and the settings, so they are computed once and cached (memory and ``baselines/<key>.json``).
+they fit the data: not for digits; the transforms live in :mod:`harness.augment`, shared with the ``augment_shots``
+baseline method). Each arm runs ``seeds`` classifier seeds derived from the split's seed (the same seeds in every arm,
+so the arms are paired); results are mean ± std over them. The baselines depend only on the split and the settings,
+so they are computed once and cached (memory and ``baselines/<key>.json``).
 """
 
 from __future__ import annotations
@@ -21,16 +22,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.api import LabeledImages
+from harness.augment import CLASSIC_AUG, flips_fit, random_affine
 from harness.metrics.cache import cache_dir, file_lock, read_json, stable_hash, write_json
-from harness.metrics.evaluator import random_affine
 from harness.runtime import derive_seed
 
 if TYPE_CHECKING:
     from harness.data import FewShotSplit
 
 ACCURACY_VERSION = 1
-CLASSIC_AUG = {"rotate_degrees": 15.0, "scale": 0.1, "translate": 0.1}
-FLIP_DATASETS = {"fashion_mnist", "celeba"}  # mirror images are still of the same class; digits are not
 
 
 class DownstreamClassifier(nn.Module):
@@ -50,12 +49,6 @@ class DownstreamClassifier(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net((x - 0.5) / 0.5)
-
-
-def flips_fit(dataset_name: str, setting: bool | None = None) -> bool:
-    """Whether classic augmentation flips images: ``setting`` if given, else by dataset (not digits, not unknown
-    image folders)."""
-    return setting if setting is not None else dataset_name in FLIP_DATASETS
 
 
 def _index(labels: Tensor, classes: tuple[int, ...]) -> Tensor:

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from harness.augment import random_affine
 from harness.metrics.cache import cache_dir, file_lock, read_json, read_tensors, stable_hash, write_json, write_tensors
 
 if TYPE_CHECKING:
@@ -114,28 +115,6 @@ class DomainClassifierNet(nn.Module):
 def quantise(images: Tensor) -> Tensor:
     """Round to the 256 levels an 8-bit image has (what torch-fidelity and ``samples.pt`` keep)."""
     return images.float().clamp(0, 1).mul(255).round().div(255)
-
-
-def random_affine(x: Tensor, generator: torch.Generator, rotate_degrees: float, scale: float, translate: float,
-                  flip: bool = False) -> Tensor:
-    """Per-image random rotation (±``rotate_degrees``), scale (1 ± ``scale``), translation (± ``translate`` of the
-    size) and, if ``flip``, horizontal flips; random numbers from ``generator`` (CPU), applied on ``x``'s device."""
-    n = x.shape[0]
-
-    def uniform(*shape: int) -> Tensor:
-        return torch.rand(*shape, generator=generator) * 2 - 1
-
-    angle = uniform(n) * math.radians(rotate_degrees)
-    s = 1 + uniform(n) * scale
-    shift = uniform(n, 2) * translate * 2  # affine_grid coordinates span [-1, 1] = 2 units per image side
-    sx = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0) if flip else torch.ones(n)
-    cos, sin = torch.cos(angle) / s, torch.sin(angle) / s
-    theta = torch.stack([
-        torch.stack([cos * sx, -sin, shift[:, 0]], 1),
-        torch.stack([sin * sx, cos, shift[:, 1]], 1),
-    ], 1).to(x.device, x.dtype)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
 
 
 # ------------------------------------------------------------------------------------------------------ evaluators

@@ -7,7 +7,10 @@ and named in the "best (paired)" row, only where it beats every other method in 
 split, seed) (:func:`harness.report.statistics.compare`), "tied" otherwise — no winner inside the noise; a matrix of
 the paired differences per ranked headline metric; reference rows — values the registry declares as the reference
 of a generator key (real-data IS ceiling, real-vs-real FID floor, the real-only and classic-augmentation accuracy
-baselines) — under the methods, in that key's column; per-class tables; bar charts with CIs; metric vs shots when
+baselines) — under the methods, in that key's column; oracle references (``data: full`` entries, trained on every
+training image of the novel classes) as rows of their own under those, never ranked, never compared, never "best";
+beside memorisation, whether each method's FID beats ``copy_shots``' (paired) — one that does not is reproducing its
+training images; per-class tables; bar charts with CIs; metric vs shots when
 several shots ran; a sample grid per method × novel class (seed 0, else the lowest seed); final losses and fit
 times; failed trials with their errors; the trials (collapsed ones marked); the sweep section
 (:mod:`harness.report.sweep`); a provenance footer.
@@ -35,6 +38,12 @@ __all__ = ["TIME_KEYS", "Report"]
 TIME_KEYS = ("fit_s", "sample_s", "evaluate_s", "total_s")
 BEST_ROW = "best (paired)"
 COLLAPSE_COLUMN = "collapsed"
+FULL_DATA_MARK = "(reference, full data)"
+FULL_DATA_NOTE = (f"rows marked *{FULL_DATA_MARK}*: trained on every training image of the novel classes (`data: "
+                  "full`), an oracle upper bound rather than a few-shot method; never ranked, never in the paired "
+                  "comparisons or the best row.")
+COPY_BASELINE = "copy_shots"  # the method whose samples are the shots themselves
+COPY_COLUMN = f"fid vs {COPY_BASELINE}"
 
 
 def _ranked_arrow(direction: Direction | None) -> str:
@@ -63,7 +72,11 @@ class Report:
         suite_methods = [m.get("label") or m.get("name") for m in self.data.suite.get("methods", [])]
         rank = {m: i for i, m in enumerate(suite_methods)}
         pairs = trials.drop_duplicates("label")[["label", "base_label"]].itertuples(index=False)
-        self.labels = [label for label, base in sorted(pairs, key=lambda p: (rank.get(p[1], len(rank)), p[1], p[0]))]
+        ordered = [label for label, base in sorted(pairs, key=lambda p: (rank.get(p[1], len(rank)), p[1], p[0]))]
+        full = set(trials[trials.data == "full"].label)
+        # few-shot methods: ranked and compared; `data: full` references: shown apart, never ranked or compared
+        self.labels = [label for label in ordered if label not in full]
+        self.reference_labels = [label for label in ordered if label in full]
         self.shots = sorted(self.trials.shots.unique().tolist())
         order = self.data.suite.get("evaluation", {}).get("metrics", []) or []
         self.metric_order = {name: i for i, name in enumerate(order)}
@@ -168,19 +181,21 @@ class Report:
         v = self.values[(self.values.shots == shots) & (self.values.kind == kind)]
         if v.empty or not columns:
             return None
-        rows, single = [], False
+        single = False
         stats: dict[tuple[str, str], tuple[int, float, float]] = {}
-        for label in self.labels:
+        for label in self.labels + self.reference_labels:
             for key, _, _ in columns:
                 frame = v[(v.label == label) & (v.key == key) & ~v.reference]
                 if not frame.empty:
                     stats[label, key] = self._stats(frame)
         ranked = {key: self._comparison(shots, key, direction, kind) for key, _, direction in columns
                   if direction is not None and direction.ranked
-                  and len({label for label, k in stats if k == key}) > 1}
-        for label in self.labels:
+                  and len({label for label, k in stats if k == key and label in self.labels}) > 1}
+
+        def label_row(label: str, display: str, row_kind: str) -> Row | None:
+            nonlocal single
             if not any((label, key) in stats for key, _, _ in columns):
-                continue
+                return None
             cells = []
             for key, _, _ in columns:
                 n, mean, ci = stats.get((label, key), (0, math.nan, math.nan))
@@ -189,10 +204,15 @@ class Report:
                                   title=f"{key}: n={n}" if n else None))
             if collapse:
                 cells.append(self._collapse_cell(label, shots))
-            rows.append(Row(label, cells))
+            return Row(display, cells, kind=row_kind)
+
+        rows = [row for label in self.labels if (row := label_row(label, label, "method")) is not None]
         if ranked and rows:
             cells = [Cell("" if key not in ranked else ranked[key].best or "tied") for key, _, _ in columns]
             rows.append(Row(BEST_ROW, cells + ([Cell("")] if collapse else []), kind="summary"))
+        full_data = [row for label in self.reference_labels
+                     if (row := label_row(label, f"{label} {FULL_DATA_MARK}", "reference")) is not None]
+        rows += full_data
         ref_rows: dict[str, dict[str, Cell]] = {}
         for ref_key, (column, row_name) in (refs or {}).items():
             frame = v[(v.key == ref_key) & v.reference]
@@ -219,6 +239,8 @@ class Report:
                          "Collapsed trials count in the means and are marked in the Trials table.")
         if single:
             notes.append("n = 1 seed: no confidence interval (a single value is shown).")
+        if full_data:
+            notes.append(FULL_DATA_NOTE)
         if ref_rows:
             used = sorted(k for k, (_, r) in (refs or {}).items() if r in ref_rows)
             notes.append("reference rows describe real data or a baseline, not a generator: " + ", ".join(
@@ -252,8 +274,10 @@ class Report:
         n_failed = len(t) - n_ok - n_stopped
         stopped = f"{n_stopped} stopped early by the sweep's scheduler, " if n_stopped else ""
         seeds = sorted(t.seed.unique().tolist())
+        references = (f"; references trained on full data (never ranked): "
+                      f"{', '.join(f'`{m}`' for m in self.reference_labels)}" if self.reference_labels else "")
         lines = [f"{len(t)} trials ({n_ok} ok, {stopped}{n_failed} failed or unfinished): methods "
-                 f"{', '.join(f'`{m}`' for m in self.labels)}; shots {', '.join(map(str, self.shots))}; "
+                 f"{', '.join(f'`{m}`' for m in self.labels)}{references}; shots {', '.join(map(str, self.shots))}; "
                  f"seeds {', '.join(map(str, seeds))}."]
         scored = sorted(set(t.selection.dropna()) - {"none"})
         if "validation" in scored:
@@ -321,6 +345,7 @@ class Report:
             table = self._table(f"metrics-{shots}", f"Metrics, {shots} shots", shots, cols, "metric", refs,
                                 collapse=True)
             if table is not None:
+                self._add_copy_column(table, shots, cols, keys)
                 blocks.append(table)
             spread = self._spread_table(shots, cols)
             if spread is not None:
@@ -344,6 +369,47 @@ class Report:
         if grid is not None:
             blocks.append(grid)
         return Section(f"{shots} shots", blocks)
+
+    def _add_copy_column(self, table: Table, shots: int, columns: list[tuple[str, str, Direction | None]],
+                         keys: pd.DataFrame) -> None:
+        """Beside memorisation (after its columns; after FID's without them): does each method's FID beat
+        ``copy_shots``', whose samples are the shots themselves? The paired difference over the (class split, seed)
+        pairs both ran, from the same comparison as the FID matrix (Holm-corrected), "yes" only where it is
+        significant (:meth:`~harness.report.statistics.PairedDifference.beats`). A method that does not beat it is
+        reproducing its training images, whatever its other numbers say. Nothing when the run has no few-shot
+        copy_shots trials or no FID."""
+        direction = next((d for key, _, d in columns if key == "fid"), None)
+        few = self.trials[(self.trials.method == COPY_BASELINE) & (self.trials.data != "full")]
+        baseline = next((label for label in self.labels if label in set(few.label)), None)
+        if direction is None or baseline is None:
+            return
+        comparison = self._comparison(shots, "fid", direction)
+        if baseline not in comparison.methods or len(comparison.methods) < 2:
+            return
+        cells = {baseline: Cell("(the baseline)")}
+        for label in comparison.methods:
+            if label != baseline:
+                d = comparison.pairs[label, baseline]
+                verdict = "yes" if d.beats(direction.higher_is_better) else "no"
+                cells[label] = Cell(f"{verdict}: {fmt_difference(d)}" if d.n else "–",
+                                    title=f"fid({label}) − fid({baseline}), n={d.n} pairs")
+        keys_by_column = dict(zip(keys.key, keys.metric, strict=True))
+        value_columns = [key for key, _, _ in columns]
+        after = [i for i, key in enumerate(value_columns) if keys_by_column.get(key) == "memorisation"]
+        position = (after[-1] if after else value_columns.index("fid")) + 1
+        table.columns.insert(position + 1, COPY_COLUMN)  # + 1: the label column
+        for row in table.rows:
+            row.cells.insert(position, cells.get(row.label, Cell("")) if row.kind == "method" else Cell(""))
+        notes = [f"`{COPY_COLUMN}`: does the method's FID beat that of `{baseline}`, whose samples are its shots? "
+                 "Paired FID difference (method − copy_shots) over the (class split, seed) pairs both ran, as in the "
+                 "FID matrix; \"yes\" only where it is significantly lower. A method that does not beat copy_shots "
+                 "on FID is reproducing its training images (read its memorisation beside it: < 1 is closer to the "
+                 "shots than unseen real images are)."]
+        if any(0 < comparison.pairs[label, baseline].n < MIN_WILCOXON_PAIRS for label in comparison.methods
+               if label != baseline):
+            notes.append(f"with fewer than {MIN_WILCOXON_PAIRS} pairs no method can be shown to beat copy_shots: "
+                         "\"no\" then means \"not shown\"; run more seeds (or class splits).")
+        table.notes += notes
 
     def _paired_tables(self, shots: int, columns: list[tuple[str, Direction]]) -> list[Table]:
         """One matrix per ranked headline key (pooled generator keys; a target such as memorisation's ≈ 1 is not
@@ -531,7 +597,7 @@ class Report:
         columns: list[str] = []
         notes = []
         shots_row = None
-        for label in self.labels:
+        for label in self.labels + self.reference_labels:
             trials = ok[ok.label == label].sort_values("seed")
             if trials.empty:
                 continue
@@ -542,7 +608,8 @@ class Report:
                 continue
             columns = columns or [f"class {c}" for c in classes]
             crops = split_rows(png, len(classes))
-            rows.append((f"{label} (seed {trial.seed})",
+            shown = f"{label} {FULL_DATA_MARK}" if label in self.reference_labels else label
+            rows.append((f"{shown} (seed {trial.seed})",
                          [(f"samples/{shots}shot-{slug(label)}-class{c}.png", crop)
                           for c, crop in zip(classes, crops, strict=True)]))
             if shots_row is None:

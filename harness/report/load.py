@@ -8,7 +8,8 @@ references come from the registry (:mod:`harness.metrics.table`) through :class:
 either way.
 
 * ``trials``: one row per trial (``TRIAL_COLUMNS``: spec facts, status, provenance as text, flat hyper-parameters;
-  ``split``: the spec's class-split id when it has one, None for results written before class splits);
+  ``split``: the spec's class-split id when it has one, None for results written before class splits; ``data``:
+  ``few``, or ``full`` for an oracle reference trial);
 * ``values``: long, one row per trial × value (``VALUE_COLUMNS``), ``kind`` = metric / final_loss / time, with
   each metric value's registry ``direction`` (a :class:`~harness.metrics.table.Direction`), ``reference`` and
   ``reference_of``.
@@ -35,7 +36,8 @@ log = logging.getLogger(__name__)
 __all__ = ["TRIAL_COLUMNS", "VALUE_COLUMNS", "ReportData", "load", "load_mlflow", "load_run_dir"]
 
 TRIAL_COLUMNS = [
-    "trial_id", "name", "label", "method", "shots", "seed", "split", "selection", "status", "error", "novel_classes",
+    "trial_id", "name", "label", "method", "data", "shots", "seed", "split", "selection", "status", "error",
+    "novel_classes",
     "data_source", "split_hash", "dataset_fingerprint", "evaluator", "evaluator_hash", "evaluator_test_accuracy",
     "git_commit", "host", "params",
 ]
@@ -74,6 +76,7 @@ def _trial_row(r: TrialResult) -> dict[str, Any]:
     spec = r.spec
     return {
         "trial_id": r.trial_id, "name": r.name, "label": spec["label"], "method": spec["method"],
+        "data": spec.get("data") or "few",  # "full": an oracle reference (results before `data` existed: few)
         "shots": int(spec["shots"]), "seed": int(spec["seed"]), "split": _text(spec.get("split")),
         "selection": spec.get("selection") or "none",
         "status": r.status, "error": r.error or None,

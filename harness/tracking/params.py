@@ -54,6 +54,7 @@ def spec_params(spec: TrialSpec) -> dict[str, str]:
         "seed": str(spec.seed),
         "split": str(spec.split),  # the class partition (0: the protocol's own)
         "selection": spec.selection,  # "test": a selection trial scored on test images
+        "data": spec.data,  # "full": an oracle reference (every training image of the novel classes), never ranked
         "dataset": spec.dataset.name,
         "source": spec.dataset.source,
         "base_classes": _param_value(list(spec.base_classes)),

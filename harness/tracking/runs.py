@@ -63,6 +63,7 @@ TRIAL_ID_TAG = "harness.trial_id"
 KIND_TAG = "harness.kind"  # "suite" (parent) or "trial" (child)
 STATUS_TAG = "harness.status"  # a trial's status: running / ok / failed / stopped
 ERROR_TAG = "harness.error"
+REFERENCE_TAG = "harness.reference"  # only on a `data: full` trial's run: an oracle reference, not a few-shot method
 SAMPLES_IMAGE_KEY = "samples"
 # MLflow 3's UI opens an experiment by its kind: without it, on the GenAI "Traces" overview; with it, on the runs table
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -84,6 +85,13 @@ class TrackingContext:
     experiment_id: str
     parent_run_id: str
     param_keys: tuple[str, ...] = ()
+
+
+def reference_tags(spec: TrialSpec) -> dict[str, str]:
+    """The tag that marks an oracle reference trial (``data: full``) in the MLflow UI; none for a few-shot trial."""
+    if not spec.reference:
+        return {}
+    return {REFERENCE_TAG: "full data: every training image of the novel classes (oracle reference, never ranked)"}
 
 
 def _tag_value(value: Any) -> str:
@@ -375,6 +383,7 @@ class TrialTracker:
                 self.context.experiment_id, run_name=self.spec.name,
                 tags={PARENT_TAG: self.context.parent_run_id, TRIAL_ID_TAG: self.spec.trial_id, KIND_TAG: "trial",
                       STATUS_TAG: "running", "harness.label": self.spec.label, "harness.attempts": "1",
+                      "harness.data": self.spec.data, **reference_tags(self.spec),
                       "harness.git_commit": git_commit(), "mlflow.source.git.commit": git_commit(),
                       "harness.host": socket.gethostname()},
             )
