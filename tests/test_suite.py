@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
-from harness.suite import SuiteError, expand, load_suite, parse_suite, suite_hash
+from harness.suite import _SUITE_ADDED, SuiteError, _without_defaults, expand, load_suite, parse_suite, suite_hash
 
 SUITES = Path(__file__).resolve().parents[1] / "suites"
 
@@ -55,6 +56,19 @@ def test_trial_id_changes_with_anything_that_changes_the_computation():
     for path, value in [("budget.steps", 11), ("methods.0.params", {"width": 8}), ("dataset.image_size", 32)]:
         other = expand(parse_suite(_with(path, value)))[0]
         assert other.trial_id != base.trial_id, path
+
+
+def test_an_epoch_budget_enters_the_trial_id_and_suite_hash_only_when_set():
+    """Budget.epochs came after version 1: unset, the hashes are those of before (the pinned suites below); set, it
+    is part of what the trial computes."""
+    base = _with("methods.0.budget", {"steps": 4})  # an entry budget without epochs: hashed as before too
+    steps = _with("methods.1", {"name": "glico"}, base)
+    epochs = _with("methods.1", {"name": "glico", "budget": {"epochs": 2}}, base)
+    assert "epochs" not in json.dumps(_without_defaults(parse_suite(steps).model_dump(mode="json"), _SUITE_ADDED))
+    assert suite_hash(parse_suite(epochs)) != suite_hash(parse_suite(steps))
+    with_epochs, without = expand(parse_suite(epochs)), expand(parse_suite(steps))
+    assert [t.budget.epochs for t in with_epochs if t.method == "glico"] == [2] * 6
+    assert [a.trial_id == b.trial_id for a, b in zip(with_epochs, without)] == [True] * 6 + [False] * 6
 
 
 def test_method_budget_override_applies_to_that_method_only():
@@ -111,7 +125,17 @@ MALFORMED = [
     ("bad label", _with("methods.0.label", "a b"), "methods[0].label", "pattern"),
     ("missing budget", _with("budget", DELETE), "budget", "required"),
     ("zero steps", _with("budget.steps", 0), "budget.steps", "greater than or equal to 1"),
-    ("unknown budget key", _with("budget.epochs", 3), "budget.epochs", "unknown field"),
+    ("unknown budget key", _with("budget.epoch", 3), "budget.epoch", "unknown field"),
+    ("epochs for a method that counts steps", _with("methods.1.budget", {"epochs": 3}), "methods[1].budget.epochs",
+     "'cgan' counts generator steps"),
+    ("suite epochs for a method that counts steps", _with("budget.epochs", 3), "budget.epochs",
+     "'dcgan' counts generator steps"),
+    ("epochs and steps in one entry", _with("methods.1", {"name": "glico", "budget": {"steps": 3, "epochs": 2}}),
+     "methods[1].budget.steps", "give one of steps and epochs"),
+    ("asha with an epoch budget", _with("sweep", {
+        "method": "glico", "metric": "m", "mode": "min", "space": {"lr_g": {"uniform": [0, 1]}},
+        "asha": {"grace_period": 2}}, _with("methods.1", {"name": "glico", "budget": {"epochs": 2}})),
+     "methods[1].budget.epochs", "ASHA's rungs count steps"),
     ("zero cpu", _with("resources", {"cpu": 0}), "resources.cpu", "greater than 0"),
     ("unknown metric", _with("evaluation", {"metrics": ["fidd"]}), "evaluation.metrics[0]", "unknown metric"),
     ("sweep over a missing label", _with("sweep", {"method": "x", "metric": "m", "mode": "min",
