@@ -81,12 +81,12 @@ What this module implements, and where it follows or leaves the official code:
   next ``batch_size`` images of the current permutation (the last batch of an epoch may be smaller), so one of the
   paper's epochs is ``ceil(N / batch_size)`` steps (N = number of codes; ``steps_per_epoch``, by which the harness
   turns ``budget.epochs`` into steps); with a few-shot set smaller than the batch every step is one epoch over all N
-  images. ``sampling = "class_balanced"`` (for ``use_base``) draws a class
-  uniformly, then one of its images, with replacement.
+  images. ``sampling = "class_balanced"`` (for ``use_base``) draws a class uniformly, then one of its images, with
+  replacement (an epoch is still ``ceil(N / batch_size)`` steps).
 * **Sampling** (official ``evaluation.calc_output``): for class ``c``, two codes of class ``c`` (distinct when the class
   has at least two; the official partner is drawn from the whole class and may be the code itself),
   ``slerp(z_a, z_b, t)`` with ``t`` uniform in ``slerp_t`` = {0.1, 0.2, 0.3, 0.4} (official ``linspace(0.1, 0.4, 4)``;
-  ``slerp_t: [0.5]`` samples the midpoints instead, the ``glico-midpoint`` entry of the default suites), a fresh ε,
+  ``slerp_t: [0.5]`` samples the midpoints instead: the ``glico-midpoint`` entry of the MNIST suites), a fresh ε,
   then ``G``. ``interpolation = "lerp"`` (official ``is_lerp``) interpolates linearly and re-normalises.
 * **use_base** (default ``False``): the paper learns from the small labelled sample only, so by default codes are
   learnt for the novel shots only; the base classes still serve the ``base_classifier`` perceptual network. With
@@ -251,7 +251,7 @@ class GLICOConfig(PerformanceConfig):
     )
     slerp_t: tuple[float, ...] = pydantic.Field(
         (0.1, 0.2, 0.3, 0.4), min_length=1, description="interpolation weights t drawn uniformly per sample "
-        "(official linspace(0.1, 0.4, 4)); [0.5]: midpoints between two codes (the suites' glico-midpoint)"
+        "(official linspace(0.1, 0.4, 4)); [0.5]: midpoints between two codes (the MNIST suites' glico-midpoint)"
     )
     use_base: bool = pydantic.Field(
         False, description="also learn codes for the base images (one model over base and novel classes); default "
