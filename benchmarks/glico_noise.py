@@ -22,7 +22,8 @@ schedule (``--epochs`` epochs, 202 by default) and ``concat`` also under the lon
 ``--long-steps`` (202 and 1 500 steps by default: the official length and the suites' budget; with 50 codes in
 batches of 64 a step is an epoch).
 
-    PYTHONPATH=. python benchmarks/glico_noise.py [--epochs 202] [--long-steps 202,1500] [--draws 16] [--quick]
+    PYTHONPATH=. python benchmarks/glico_noise.py [--epochs 202] [--long-steps 202,1500] [--draws 16] [--only TEXT]
+        [--quick]
 
 Prints numbers, asserts nothing.
 """
@@ -94,6 +95,7 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=16, help="noise draws per code")
     parser.add_argument("--codes", type=int, default=100, help="interpolated codes (a multiple of 5)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--only", default="", help="run the settings whose label contains this (e.g. 'long 202')")
     parser.add_argument("--quick", action="store_true", help="tiny budgets: a check that the script runs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -113,7 +115,7 @@ def main() -> None:
           f"per-class pixel std of the real shots {real_spread:.4f}")
     print(f"{'setting':<32} {'steps':>6} {'fit s':>7} {'rec L1':>8} {'noise std t=0':>14} {'noise std mix':>14} "
           f"{'code std mix':>13} {'ratio':>7}")
-    for label, params, budget in runs:
+    for label, params, budget in [run for run in runs if args.only in run[0]]:
         r = measure(task, params, budget, args.draws, args.codes)
         print(f"{label:<32} {r['steps']:>6} {r['fit_s']:>7.1f} {r['rec_l1']:>8.4f} {r['noise_std_t0']:>14.5f} "
               f"{r['noise_std_mix']:>14.5f} {r['code_std_mix']:>13.4f} {r['ratio']:>7.4f}", flush=True)
