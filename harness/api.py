@@ -114,12 +114,19 @@ class Budget(pydantic.BaseModel):
     """How much optimisation one fitted model gets.
 
     ``steps`` counts generator updates (one "iteration" of the papers' algorithms); critic updates per generator update
-    are the method's business (e.g. WGAN's n_critic).
+    are the method's business (e.g. WGAN's n_critic). ``epochs`` is for methods whose papers count passes over the
+    training set (GLICO): how many steps an epoch is depends on the task (its number of training images), so the
+    method resolves it (:meth:`GenerativeMethod.steps_for`) and the harness logs and checkpoints by the result.
     """
 
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
 
     steps: int = pydantic.Field(ge=1, description="generator updates per fitted model")
+    epochs: int | None = pydantic.Field(
+        None, ge=1, description="passes over the method's training set, instead of steps, for methods that count "
+        "epochs (GenerativeMethod.supports_epochs); the method turns them into steps for its task (steps_for); when "
+        "set, steps is not used"
+    )
     batch_size: int = pydantic.Field(64, ge=1)
     log_every: int = pydantic.Field(50, ge=1, description="steps between loss records")
     checkpoint_every: int = pydantic.Field(0, ge=0, description="steps between checkpoints; 0 = never")
@@ -180,6 +187,9 @@ class GenerativeMethod(abc.ABC):
     Config: ClassVar[type[pydantic.BaseModel]]
     conditional: ClassVar[bool]
     description: ClassVar[str] = ""
+    # whether ``budget.epochs`` means something to this method (it overrides ``steps_per_epoch``); suite validation
+    # refuses an epoch budget for the others
+    supports_epochs: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -200,9 +210,23 @@ class GenerativeMethod(abc.ABC):
         """Raise (with a message saying what to put where) when something ``config`` needs is missing on this
         machine, e.g. a pretrained weights file. The harness calls it before any trial runs; nothing may download."""
 
+    def steps_per_epoch(self, task: FewShotTask, batch_size: int) -> int:
+        """Generator steps in one pass over the training set this method builds from ``task``; only methods with
+        ``supports_epochs`` define it."""
+        raise ValueError(f"{self.name}: budget.epochs is not supported (this method counts generator steps); give "
+                         "budget.steps")
+
+    def steps_for(self, task: FewShotTask, budget: Budget) -> int:
+        """The generator steps ``fit`` runs for ``budget`` on ``task``: ``budget.epochs × steps_per_epoch`` when the
+        budget counts epochs, else ``budget.steps``. The harness logs and checkpoints by this count."""
+        if budget.epochs is None:
+            return budget.steps
+        return budget.epochs * self.steps_per_epoch(task, budget.batch_size)
+
     @abc.abstractmethod
     def fit(self, task: FewShotTask, budget: Budget, hooks: FitHooks) -> None:
-        """Train on ``task`` until ``budget.steps`` generator steps are done, calling ``hooks.step_end`` after each.
+        """Train on ``task`` until ``steps_for(task, budget)`` generator steps (``budget.steps`` unless the budget
+        counts epochs) are done, calling ``hooks.step_end`` after each.
 
         A method restored with ``load_state_dict`` continues from the step it had reached (resume), so the step
         counter is part of its state.

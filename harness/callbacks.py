@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from harness.api import Budget
     from harness.results import TrialResult
     from harness.suite import TrialSpec
 
@@ -42,12 +43,19 @@ class TrialStopped(Exception):
 class TrialInfo:
     """What callbacks know of the running trial. ``provenance`` grows as the trial proceeds (data, method config);
     ``evaluate`` (set by the loop once the method is built) samples the model being fitted and returns the pooled
-    values of the named metrics, leaving training unchanged."""
+    values of the named metrics, leaving training unchanged. ``budget`` is the one the fit runs: the spec's, with its
+    steps resolved for the task when it counts epochs (set once the method is built)."""
 
     spec: TrialSpec
     trial_dir: Path
     provenance: dict[str, Any] = field(default_factory=dict)
     evaluate: Callable[[tuple[str, ...]], dict[str, float]] | None = None
+    budget: Budget | None = None
+
+    @property
+    def steps(self) -> int:
+        """Generator steps of the fit (per fitted model)."""
+        return (self.budget or self.spec.budget).steps
 
     @property
     def method_config(self) -> dict[str, Any]:

@@ -51,15 +51,15 @@ def validate(files: Annotated[list[Path], typer.Argument(help="suite YAML files"
 @app.command()
 def methods() -> None:
     """List registered methods (built in and from the `harness.methods` entry points)."""
-    table = Table("name", "conditional", "description", "source")
+    table = Table("name", "conditional", "budget.epochs", "description", "source")
     for name in METHODS.names():
         try:
             cls = METHODS.get(name)
         except Exception as exc:  # noqa: BLE001 - a broken plugin must not hide the others
-            table.add_row(name, "?", f"[red]cannot import: {exc}[/red]", METHODS.target(name))
+            table.add_row(name, "?", "?", f"[red]cannot import: {exc}[/red]", METHODS.target(name))
             continue
-        table.add_row(name, "yes" if cls.conditional else "no (fitted per class)", cls.description,
-                      METHODS.target(name))
+        table.add_row(name, "yes" if cls.conditional else "no (fitted per class)",
+                      "yes" if cls.supports_epochs else "no (steps)", cls.description, METHODS.target(name))
     console.print(table)
 
 

@@ -99,6 +99,9 @@ class BudgetOverride(pydantic.BaseModel):
     model_config = _STRICT
 
     steps: pydantic.PositiveInt | None = None
+    epochs: pydantic.PositiveInt | None = pydantic.Field(
+        None, description="passes over the method's training set instead of steps (methods that count epochs)"
+    )
     batch_size: pydantic.PositiveInt | None = None
     log_every: pydantic.PositiveInt | None = None
     checkpoint_every: pydantic.NonNegativeInt | None = None
@@ -274,10 +277,11 @@ class TrialSpec(pydantic.BaseModel):
 
 # fields added to a dump after version 1, with their defaults: hashed only when set (earlier hashes stay valid)
 # (a "*" in a nested key stands for every element of a list)
-_SPEC_ADDED = {"selection": "none", "split": 0, "data": "few"}
+_SPEC_ADDED = {"selection": "none", "split": 0, "data": "few", ("budget", "epochs"): None}
 _SUITE_ADDED = {("protocol", "validation_classes"): [], ("protocol", "class_splits"): None,
                 ("protocol", "score_on"): "test", ("sweep", "select_on"): "validation",
-                ("methods", "*", "data"): "few"}
+                ("methods", "*", "data"): "few", ("budget", "epochs"): None,
+                ("methods", "*", "budget", "epochs"): None}
 
 
 def _without_defaults(dump: dict[str, Any], added: dict[Any, Any]) -> dict[str, Any]:
@@ -426,6 +430,7 @@ def _cross_checks(suite: Suite, info: DatasetInfo) -> list[tuple[str, str]]:
             problems += _pydantic_problems(exc, f"methods[{i}].params")
         if entry.reference:
             problems += _full_data_problems(suite, info, f"methods[{i}].data")
+        problems += _epoch_problems(suite, i, method_cls)
 
     from harness.metrics import METRICS  # imported late to keep `validate` light
 
@@ -498,8 +503,32 @@ def _validation_class_problems(p: ProtocolConfig, resolved: dict[str, list[int]]
     return problems
 
 
+def _epochs_field(suite: Suite, index: int) -> str:
+    """Where method entry ``index``'s ``epochs`` comes from: its own budget override or the suite's budget."""
+    own = suite.methods[index].budget
+    return f"methods[{index}].budget.epochs" if own is not None and own.epochs is not None else "budget.epochs"
+
+
+def _epoch_problems(suite: Suite, index: int, method_cls) -> list[tuple[str, str]]:
+    """An epoch budget only for a method that counts epochs, and not beside the entry's own ``steps``."""
+    entry = suite.methods[index]
+    if entry_budget(suite, entry).epochs is None:
+        return []
+    if not method_cls.supports_epochs:
+        return [(_epochs_field(suite, index), f"{entry.name!r} counts generator steps, not passes over its training "
+                 "set; give budget.steps (`harness methods` shows which methods take epochs)")]
+    if entry.budget is not None and entry.budget.steps is not None:
+        return [(f"methods[{index}].budget.steps", f"{entry.display!r} has an epoch budget, which replaces steps; "
+                 "give one of steps and epochs")]
+    return []
+
+
 def _asha_problems(asha: AshaConfig, suite: Suite, entry: MethodEntry, method_cls) -> list[tuple[str, str]]:
     problems = []
+    if entry_budget(suite, entry).epochs is not None:
+        problems.append((_epochs_field(suite, suite.methods.index(entry)), f"ASHA's rungs count steps, but "
+                         f"{entry.display!r} has an epoch budget, whose steps depend on each task's training set; "
+                         "give it budget.steps to sweep with ASHA"))
     steps = entry_budget(suite, entry).steps
     if asha.grace_period >= steps:
         problems.append(("sweep.asha.grace_period", f"{asha.grace_period} is not below the {steps} steps of "

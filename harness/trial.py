@@ -55,7 +55,7 @@ class IntermediateEvaluation(TrialCallback):
 
     def on_step_end(self, trial: TrialInfo, step: int) -> None:
         done = step + 1
-        if done % self.every == 0 and done < trial.spec.budget.steps and trial.evaluate is not None:
+        if done % self.every == 0 and done < trial.steps and trial.evaluate is not None:
             trial.evaluate(self.metrics)
 
 
@@ -241,6 +241,12 @@ def build_method(spec: TrialSpec, image_shape: tuple[int, int, int], num_classes
     return PerClassMethod(method_cls, config, image_shape, num_classes, device)
 
 
+def resolved_budget(model: GenerativeMethod, task: FewShotTask, budget: Budget) -> Budget:
+    """``budget`` with ``steps`` the count ``model`` runs on ``task`` (an epoch budget resolved; ``epochs`` kept, so
+    the method resolves it to the same count)."""
+    return budget.model_copy(update={"steps": model.steps_for(task, budget)})
+
+
 @torch.no_grad()
 def generate(model: GenerativeMethod, classes: tuple[int, ...], per_class: int, seed: int) -> LabeledImages:
     """``per_class`` samples of each class (class-major order), on the CPU, seeded from the trial."""
@@ -306,7 +312,9 @@ def run_trial(
 
         model = build_method(spec, split.task.image_shape, dataset.info.num_classes, torch_device)
         result.provenance["method_config"] = model.config.model_dump(mode="json")
-        loop = TrialLoop(model, spec.budget, trial, callbacks,
+        trial.budget = resolved_budget(model, split.task, spec.budget)
+        result.provenance["budget_steps"] = trial.budget.steps  # what an epoch budget came to for this task
+        loop = TrialLoop(model, trial.budget, trial, callbacks,
                          _intermediate_evaluator(spec, dataset, split, model, torch_device))
         if restore is not None:
             loop.restore(restore)
@@ -316,7 +324,7 @@ def run_trial(
         seed_everything(derive_seed(spec.seed, "fit"))
         t0 = time.perf_counter()
         try:
-            model.fit(split.task.to(torch_device), spec.budget, loop)
+            model.fit(split.task.to(torch_device), trial.budget, loop)
         except TrialStopped as exc:
             result.status, result.error = "stopped", str(exc)
             return result  # the finally block records it

@@ -15,8 +15,10 @@ What this module implements, and where it follows or leaves the official code:
   also learns codes for the unlabelled and *test* images, is not reproduced — the held-out images never reach ``fit``.
 * **Noise code**: ``ε ~ N(0, noise_std²)`` of ``noise_dim`` (100, std 0.15: official ``code_size`` and
   ``normal_(0, 0.15)``) concatenated to the normalised code, optionally through ``Linear(bias=False)`` + LeakyReLU(0.2)
-  (official ``--noise_proj``). Note: the official CIFAR ``_netG`` only concatenates ε when ``--noise_proj`` is given
-  (its ``noise`` argument is tied to it); here ε is always concatenated unless ``noise_dim = 0``.
+  (official ``--noise_proj``). The official generators (CIFAR ``_netG``, CUB ``DCGAN_G``, STL ``DCGAN_G_small``) take
+  ε only with ``--noise_proj`` (``nag_trainer`` passes the flag as both their ``noise`` and ``noise_projection``
+  arguments), so the official default generator gets no ε at all: ``noise_input = "official"`` reproduces that tie;
+  the default ``"concat"`` always concatenates ε (raw, or projected with ``noise_proj``) unless ``noise_dim = 0``.
 * **Generator** (official CIFAR ``_netG``): ``Linear(code+noise → 1024) → LeakyReLU(0.2) → Linear(→ 2w·s·s) →
   LeakyReLU → ConvTranspose(4, 2, 1) ... → sigmoid``, all weights Xavier-normal with gain √2, no batch norm (it is
   commented out in the official code). 28×28 and 32×32 start at ``s = size/4`` with two transposed convolutions, exactly
@@ -58,23 +60,34 @@ What this module implements, and where it follows or leaves the official code:
   ``rec + gamma·CE`` is back-propagated into the codes, the generator and the classifier. Classifier optimiser: SGD
   with the official momentum 0.9 and weight decay 1e-4 but lr 0.01 instead of 0.1 (0.1 needs the batch norm: without
   it the classifier diverged to NaN within 130 steps); the official also puts the codes in this optimiser with lr 1e-3
-  and re-creates a per-batch MultiStepLR every epoch: neither is copied. (The official code re-creates its Adam
-  optimisers every epoch, which wipes the inflated second moments; that is probably why the stall goes unnoticed
-  there.) ``gamma = 0`` drops the classifier (GLICO without classification, a GLO with perceptual loss).
+  and re-creates a per-batch MultiStepLR every epoch (milestones 60, 120, 160 batches, which a few-shot epoch never
+  reaches): neither is copied. (Re-creating the Adam optimisers every epoch, as ``schedule = "official"`` does, also
+  wipes the inflated second moments; that is probably why the stall goes unnoticed there.) ``gamma = 0`` drops the
+  classifier (GLICO without classification, a GLO with perceptual loss).
 * **Optimisation**: Adam for the codes (lr 1e-3, official ``--lr``) and the generator (0.7·1e-3, official
-  ``--factor 0.7``), betas (0.5, 0.999); their state is kept for the whole run (the official code re-creates its
-  optimisers every epoch: not copied). Optional step decay of both learning rates (official: ×0.5 every 70 epochs,
-  ``--decay 70``; off by default because the harness sets budgets in steps, see ``lr_decay_epochs``).
+  ``--factor 0.7``), betas (0.5, 0.999). ``schedule``:
+
+  - ``official`` (default; ``nag_trainer.NAG.train_long``): at the start of every epoch the optimisers are created
+    anew — both Adams and the classifier's SGD, so their moments and momentum start from zero each epoch — with the
+    rates ``lr · 0.5^(epoch // 70)`` (``--decay 70``, ``decay_rate=0.5``). The official run is 202 epochs
+    (``--epoch 202``): give the budget in epochs, ``budget: {epochs: 202}`` (the default suites' ``glico`` entries
+    do); with a step budget the same handling runs for ``budget.steps`` steps.
+  - ``long`` (this module's schedule before the official one, kept as a variant): one optimiser state for the whole
+    fit and no decay (unless ``lr_decay_epochs`` is set), ``budget.steps`` steps (or ``budget.epochs`` epochs).
+
+  ``lr_decay_epochs`` / ``lr_decay_rate`` override the schedule's decay under either.
 * **Steps and epochs**: one *step* is one optimisation step on one batch. Batches (``sampling = "epochs"``, default)
   walk through random permutations of the training images like the official shuffled ``DataLoader``: a batch is the
   next ``batch_size`` images of the current permutation (the last batch of an epoch may be smaller), so one of the
-  paper's epochs is ``ceil(N / batch_size)`` steps (N = number of codes); with a few-shot set smaller than the batch
-  every step is one epoch over all N images. ``sampling = "class_balanced"`` (for ``use_base``) draws a class
-  uniformly, then one of its images, with replacement.
+  paper's epochs is ``ceil(N / batch_size)`` steps (N = number of codes; ``steps_per_epoch``, by which the harness
+  turns ``budget.epochs`` into steps); with a few-shot set smaller than the batch every step is one epoch over all N
+  images. ``sampling = "class_balanced"`` (for ``use_base``) draws a class uniformly, then one of its images, with
+  replacement (an epoch is still ``ceil(N / batch_size)`` steps).
 * **Sampling** (official ``evaluation.calc_output``): for class ``c``, two codes of class ``c`` (distinct when the class
   has at least two; the official partner is drawn from the whole class and may be the code itself),
-  ``slerp(z_a, z_b, t)`` with ``t`` uniform in ``slerp_t`` = {0.1, 0.2, 0.3, 0.4} (official ``linspace(0.1, 0.4, 4)``),
-  a fresh ε, then ``G``. ``interpolation = "lerp"`` (official ``is_lerp``) interpolates linearly and re-normalises.
+  ``slerp(z_a, z_b, t)`` with ``t`` uniform in ``slerp_t`` = {0.1, 0.2, 0.3, 0.4} (official ``linspace(0.1, 0.4, 4)``;
+  ``slerp_t: [0.5]`` samples the midpoints instead: the ``glico-midpoint`` entry of the MNIST suites), a fresh ε,
+  then ``G``. ``interpolation = "lerp"`` (official ``is_lerp``) interpolates linearly and re-normalises.
 * **use_base** (default ``False``): the paper learns from the small labelled sample only, so by default codes are
   learnt for the novel shots only; the base classes still serve the ``base_classifier`` perceptual network. With
   ``use_base`` the base images get codes too (one model, joint classifier over base and novel classes); the code table
@@ -136,6 +149,8 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 # image size -> (side of the generator's first feature map, number of ×2 transposed convolutions)
 _GENERATOR_PLAN = {28: (7, 2), 32: (8, 2), 64: (8, 3)}
 SUPPORTED_SIZES = tuple(sorted(_GENERATOR_PLAN))
+OFFICIAL_EPOCHS = 202  # train_glico.py --epoch 202: the official run length, as budget.epochs
+OFFICIAL_DECAY_EPOCHS = 70  # train_glico.py --decay 70: the official schedule halves the rates this often
 
 
 # ---- configuration ---------------------------------------------------------------------------------------------------
@@ -158,6 +173,10 @@ class GLICOConfig(PerformanceConfig):
         False, description="pass ε through a bias-free Linear + LeakyReLU(0.2) before concatenation (official "
         "--noise_proj, off by default)"
     )
+    noise_input: Literal["concat", "official"] = pydantic.Field(
+        "concat", description="concat: ε is always an input of the generator (unless noise_dim = 0); official: as the "
+        "official generators, which take ε only with --noise_proj: without noise_proj the generator gets no ε"
+    )
     hidden: int = pydantic.Field(1024, ge=1, description="width of the generator's first linear layer (official 1024)")
     width: int = pydantic.Field(
         32, ge=1, description="generator channels next to the image, doubling per ×2 up-sampling (official 64, i.e. "
@@ -172,10 +191,15 @@ class GLICOConfig(PerformanceConfig):
     betas: tuple[float, float] = pydantic.Field(
         (0.5, 0.999), description="Adam betas of codes and generator (official (0.5, 0.999))"
     )
-    lr_decay_epochs: int = pydantic.Field(
-        0, ge=0, description="multiply lr_codes and lr_g by lr_decay_rate every this many epochs (one epoch = "
-        "ceil(N / batch_size) steps); 0 = never. Official: 70 epochs with 202 epochs in all; off by default because "
-        "harness budgets are in steps and a few-shot epoch is one step"
+    schedule: Literal["official", "long"] = pydantic.Field(
+        "official", description="official: Adam (and the classifier's SGD) created anew every epoch, rates halved "
+        "every 70 epochs (official train_long; run it with budget.epochs = 202, the official --epoch); long: one "
+        "optimiser state for the whole fit, no decay (the earlier default, for budget.steps steps)"
+    )
+    lr_decay_epochs: int | None = pydantic.Field(
+        None, ge=0, description="multiply lr_codes and lr_g by lr_decay_rate every this many epochs (one epoch = "
+        "ceil(N / batch_size) steps); 0 = never; None = the schedule's: 70 under official (--decay 70), never "
+        "under long"
     )
     lr_decay_rate: float = pydantic.Field(0.5, gt=0, le=1, description="the decay factor (official 0.5)")
     gamma: float = pydantic.Field(
@@ -227,7 +251,7 @@ class GLICOConfig(PerformanceConfig):
     )
     slerp_t: tuple[float, ...] = pydantic.Field(
         (0.1, 0.2, 0.3, 0.4), min_length=1, description="interpolation weights t drawn uniformly per sample "
-        "(official linspace(0.1, 0.4, 4))"
+        "(official linspace(0.1, 0.4, 4)); [0.5]: midpoints between two codes (the MNIST suites' glico-midpoint)"
     )
     use_base: bool = pydantic.Field(
         False, description="also learn codes for the base images (one model over base and novel classes); default "
@@ -508,6 +532,7 @@ class GLICO(GenerativeMethod):
     name = "glico"
     Config = GLICOConfig
     conditional = True
+    supports_epochs = True  # the official schedule counts epochs (steps_per_epoch)
     description = ("GLICO (Azuri & Weinshall 2020): per-image latent codes + generator learnt by perceptual "
                    "reconstruction and classification; samples by slerp between same-class codes")
 
@@ -532,7 +557,9 @@ class GLICO(GenerativeMethod):
         # the VGG weights are read now, so a missing file fails before any training
         self.vgg = (load_vgg16_features(c.vgg16_weights, self.levels, c.vgg_imagenet_norm).to(self.device)
                     if c.perceptual == "vgg16" else None)
-        self.G = GlicoGenerator(c.code_dim, c.noise_dim, channels, height, c.width, c.hidden, c.noise_proj)
+        # the official generators take ε only with --noise_proj (noise_input = "official")
+        self.noise_dim = c.noise_dim if c.noise_input == "concat" or c.noise_proj else 0
+        self.G = GlicoGenerator(c.code_dim, self.noise_dim, channels, height, c.width, c.hidden, c.noise_proj)
         self.G.to(self.device)
         prepare_networks([self.G], c)
         # placeholder weights; fit() re-draws them from task.seed
@@ -597,10 +624,11 @@ class GLICO(GenerativeMethod):
         prepare_networks([net for net in (self.classifier, self.base_classifier) if net is not None], c)
         self._make_optimizers()
 
-    def _make_optimizers(self) -> None:
+    def _make_optimizers(self, lr_factor: float = 1.0) -> None:
+        """Fresh optimisers (zero moments); ``lr_factor`` scales the codes' and the generator's rates (the decay)."""
         c = self.config
-        self.opt_codes = _adam([self.codes], c.lr_codes, c.betas, self.device)
-        self.opt_g = _adam(self.G.parameters(), c.lr_g, c.betas, self.device)
+        self.opt_codes = _adam([self.codes], c.lr_codes * lr_factor, c.betas, self.device)
+        self.opt_g = _adam(self.G.parameters(), c.lr_g * lr_factor, c.betas, self.device)
         self.opt_c = None
         if self.classifier is not None:
             self.opt_c = prepare_optimizer(torch.optim.SGD(
@@ -724,20 +752,44 @@ class GLICO(GenerativeMethod):
         self._feature_cache = [torch.cat([chunk[level] for chunk in chunks]) for level in range(len(probe))]
 
     def _noise(self, n: int, generator: torch.Generator | None, device: torch.device) -> Tensor | None:
-        if self.config.noise_dim == 0:
+        if self.noise_dim == 0:
             return None
-        return torch.randn(n, self.config.noise_dim, generator=generator, device=device) * self.config.noise_std
+        return torch.randn(n, self.noise_dim, generator=generator, device=device) * self.config.noise_std
 
-    def _set_lr(self, step: int, n: int, batch: int) -> None:
+    @property
+    def decay_epochs(self) -> int:
+        """Epochs between two decays of the rates (0: never): ``lr_decay_epochs``, else the schedule's."""
         c = self.config
-        if not c.lr_decay_epochs:
+        if c.lr_decay_epochs is not None:
+            return c.lr_decay_epochs
+        return OFFICIAL_DECAY_EPOCHS if c.schedule == "official" else 0
+
+    def _lr_factor(self, epoch: int) -> float:
+        decay = self.decay_epochs
+        return self.config.lr_decay_rate ** (epoch // decay) if decay else 1.0
+
+    def _schedule(self, step: int, per_epoch: int) -> None:
+        """Before training step ``step``: under ``official`` fresh optimisers at every epoch's first step (official
+        ``train_long`` builds ``optimizerG``, ``optimizerZ`` and ``optimizerD`` inside its epoch loop) with the
+        epoch's decayed rates; under ``long`` the persistent optimisers get the epoch's rates when a decay is set."""
+        c = self.config
+        epoch, within = divmod(step, per_epoch)
+        if c.schedule == "official":
+            if within == 0:
+                self._make_optimizers(self._lr_factor(epoch))
             return
-        epoch = step // math.ceil(n / batch)
-        factor = c.lr_decay_rate ** (epoch // c.lr_decay_epochs)
+        if not self.decay_epochs:
+            return
+        factor = self._lr_factor(epoch)
         for group in self.opt_codes.param_groups:
             group["lr"] = c.lr_codes * factor
         for group in self.opt_g.param_groups:
             group["lr"] = c.lr_g * factor
+
+    def steps_per_epoch(self, task: FewShotTask, batch_size: int) -> int:
+        """Batches in one pass over the images that get codes: ``ceil(N / min(batch_size, N))``."""
+        n = len(self.training_pool(task)[0])
+        return math.ceil(n / min(batch_size, n))
 
     def _train_step(self, images: Tensor, targets: Tensor, batch: int) -> dict[str, Tensor]:
         c = self.config
@@ -769,7 +821,8 @@ class GLICO(GenerativeMethod):
         return losses
 
     def fit(self, task: FewShotTask, budget: Budget, hooks: FitHooks) -> None:
-        if self.step >= budget.steps:
+        total = self.steps_for(task, budget)
+        if self.step >= total:
             return
         pool, info = self.training_pool(task)
         pool = pool.to(self.device)
@@ -784,11 +837,12 @@ class GLICO(GenerativeMethod):
         targets = self._class_index(pool.labels, self.classes)
         n = len(targets)
         batch = min(budget.batch_size, n)
+        per_epoch = math.ceil(n / batch)
         self.G.train()
         if self.classifier is not None:
             self.classifier.train()
-        for step in range(self.step, budget.steps):
-            self._set_lr(step, n, batch)
+        for step in range(self.step, total):
+            self._schedule(step, per_epoch)
             with autocast(self.config, self.device):
                 losses = self._train_step(images, targets, batch)
             self.step = step + 1
@@ -858,7 +912,7 @@ class GLICO(GenerativeMethod):
         if self.codes is None:
             raise RuntimeError("glico: no latent codes yet; call fit first")
         z = self.codes if index is None else self.codes[index]
-        noise = None if self.config.noise_dim == 0 else z.new_zeros(z.shape[0], self.config.noise_dim)
+        noise = None if self.noise_dim == 0 else z.new_zeros(z.shape[0], self.noise_dim)
         return self.G(z, noise)
 
     # ---- state ------------------------------------------------------------------------------------------------------

@@ -198,11 +198,132 @@ def test_classification_loss_trains_the_classifier_on_reconstructions():
     assert no_cls.classifier is None
 
 
-def test_lr_decay_by_epochs():
-    method = make(perceptual="pixel", lr_decay_epochs=1, lr_decay_rate=0.5)
+@pytest.mark.parametrize("schedule", ["official", "long"])
+def test_lr_decay_by_epochs(schedule):
+    method = make(perceptual="pixel", lr_decay_epochs=1, lr_decay_rate=0.5, schedule=schedule)
     method.fit(make_task(shots=3), budget(5), NullHooks())  # 6 images, batch 4: 2 steps per epoch; step 4 is epoch 2
     assert method.opt_g.param_groups[0]["lr"] == pytest.approx(7e-4 * 0.25)
     assert method.opt_codes.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.25)
+
+
+# ---- schedules: official (epochs, fresh optimisers, halving every 70 epochs) and long --------------------------------
+
+class OptimiserHooks(NullHooks):
+    """Records, after every step, the rates of the codes' and generator's Adam, how many steps each optimiser has
+    taken (Adam's own counter: 1 right after it was created) and the classifier's SGD object (kept, so that a new
+    one cannot reuse its address)."""
+
+    def __init__(self, method: GLICO) -> None:
+        super().__init__(log_every=10**9)
+        self.method, self.seen = method, []
+
+    def step_end(self, step, losses, info=None) -> None:
+        m = self.method
+        adam_steps = [int(next(iter(opt.state.values()))["step"]) for opt in (m.opt_codes, m.opt_g)]
+        self.seen.append((m.opt_codes.param_groups[0]["lr"], m.opt_g.param_groups[0]["lr"], adam_steps, m.opt_c))
+
+
+def test_official_schedule_halves_the_rates_every_70_epochs():
+    """The schedule the fit applies before each step, driven over 141 epochs of 2 steps (6 images, batch 4) without
+    training 282 steps: the rates of the optimisers it creates at each epoch's first step."""
+    method = make(perceptual="pixel", gamma=0.0)  # official by default
+    method.fit(make_task(shots=3), budget(1), NullHooks())
+    seen = {}
+    for step in range(2 * 141):
+        method._schedule(step, 2)
+        seen[step // 2] = (method.opt_codes.param_groups[0]["lr"], method.opt_g.param_groups[0]["lr"])
+    for epoch, halvings in [(0, 0), (69, 0), (70, 1), (139, 1), (140, 2)]:  # official: lr · 0.5^(epoch // 70)
+        assert seen[epoch] == pytest.approx((1e-3 / 2**halvings, 7e-4 / 2**halvings)), epoch
+
+
+@pytest.mark.parametrize("schedule", ["official", "long"])
+def test_official_recreates_the_optimisers_every_epoch_and_long_keeps_them(schedule):
+    method = make(schedule=schedule)  # with the joint classifier (its SGD is re-created too under official)
+    hooks = OptimiserHooks(method)
+    method.fit(make_task(shots=3), budget(7), hooks)  # 6 images, batch 4: epochs start at steps 0, 2, 4, 6
+    adam_steps = [seen[2] for seen in hooks.seen]
+    sgd_objects = [seen[3] for seen in hooks.seen]
+    if schedule == "official":
+        assert adam_steps == [[s % 2 + 1] * 2 for s in range(7)]  # state reset at every epoch's first step
+        assert [a is b for a, b in zip(sgd_objects, sgd_objects[1:])] == [True, False] * 3
+    else:
+        assert adam_steps == [[s + 1] * 2 for s in range(7)]  # one state for the whole fit
+        assert all(sgd is sgd_objects[0] for sgd in sgd_objects)
+        assert {seen[:2] for seen in hooks.seen} == {(1e-3, 7e-4)}  # no decay
+
+
+@pytest.mark.parametrize("use_base", [False, True])
+def test_an_epoch_budget_runs_epochs_times_the_batches_of_the_training_set(use_base):
+    task = make_task(shots=3, base_per_class=4)  # 6 novel images, 12 base images
+    n = len(task.novel) + (len(task.base) if use_base else 0)
+    method = make(perceptual="pixel", use_base=use_base)
+    assert method.steps_for(task, Budget(steps=5, epochs=202, batch_size=4)) == 202 * math.ceil(n / 4)
+    assert method.steps_for(task, Budget(steps=5, epochs=202, batch_size=64)) == 202  # the batch is the whole set
+    assert method.steps_for(task, Budget(steps=5, batch_size=4)) == 5  # a step budget is steps
+    hooks = NullHooks()
+    method.fit(task, Budget(steps=1, epochs=2, batch_size=4), hooks)
+    assert [r[0] for r in hooks.records] == list(range(2 * math.ceil(n / 4)))
+
+
+def test_a_fit_resumed_mid_schedule_equals_the_uninterrupted_one():
+    """Interrupted inside an epoch after a decay (lr_decay_epochs 2, 2 steps per epoch: step 5 is the second step of
+    epoch 2, whose optimisers were created at step 4 with halved rates), resumed in a new instance."""
+    from test_method_contract import SnapshotHooks, differences
+
+    task, total = make_task(shots=3), Budget(steps=1, epochs=4, batch_size=4)
+    straight = make(lr_decay_epochs=2)
+    snapshot = SnapshotHooks(straight, at=4)
+    straight.fit(task, total, snapshot)
+    resumed, hooks = make(lr_decay_epochs=2), NullHooks()
+    resumed.load_state_dict(snapshot.state)
+    assert resumed.opt_g.param_groups[0]["lr"] == pytest.approx(7e-4 / 2)
+    resumed.fit(task, total, hooks)
+    assert [r[0] for r in hooks.records] == [5, 6, 7]
+    assert hooks.records == snapshot.records[5:]
+    assert differences(resumed.state_dict(), straight.state_dict()) == []
+    assert torch.equal(draw(resumed), draw(straight))
+
+
+# sha256 (16 hex digits) of a short fit's codes, generator, classifier and samples, recorded with the code before
+# the schedules existed (the fit that is now schedule="long"), 1 torch thread, on this CPU and build
+LONG_SCHEDULE_RECORD = {"cpu_model": "AMD EPYC", "torch": "2.14.1+cu130", "torch_cpu_capability": "AVX512",
+                        "hashes": {0: "73078f14b8527556", 1: "579b99b2de9bc41e"}}
+
+
+@pytest.mark.parametrize("lr_decay_epochs", [0, 1])
+def test_the_long_schedule_reproduces_the_earlier_fit_bit_for_bit(lr_decay_epochs):
+    import hashlib
+
+    from harness.runtime import host_facts
+
+    facts, record = host_facts(torch.device("cpu")), LONG_SCHEDULE_RECORD
+    here = (facts["cpu_model"], torch.__version__, facts["torch_cpu_capability"])
+    if here != (record["cpu_model"], record["torch"], record["torch_cpu_capability"]):
+        pytest.skip(f"bit-for-bit record is for {record['cpu_model']}, torch {record['torch']}; this is {here}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        method = make(schedule="long", lr_decay_epochs=lr_decay_epochs)
+        method.fit(make_task(shots=3), budget(7), NullHooks())
+        digest = hashlib.sha256()
+        for t in [method.codes, *method.G.state_dict().values(), *method.classifier.state_dict().values(),
+                  draw(method)]:
+            digest.update(t.detach().contiguous().numpy().tobytes())
+    finally:
+        torch.set_num_threads(threads)
+    assert digest.hexdigest()[:16] == record["hashes"][lr_decay_epochs]
+
+
+@pytest.mark.parametrize("noise_proj", [False, True])
+def test_official_noise_input_ties_the_noise_to_its_projection(noise_proj):
+    concat = make(perceptual="pixel", noise_proj=noise_proj)
+    official = make(perceptual="pixel", noise_proj=noise_proj, noise_input="official")
+    code_dim, noise_dim = TINY["code_dim"], TINY["noise_dim"]
+    assert concat.G.lin_in.in_features == code_dim + noise_dim
+    assert official.G.lin_in.in_features == code_dim + (noise_dim if noise_proj else 0)
+    assert (official.G.noise_proj is not None) == noise_proj
+    official.fit(make_task(), budget(2), NullHooks())
+    assert draw(official).shape == (6, 1, 28, 28)
 
 
 def test_epoch_batches_visit_every_image_once_per_epoch():

@@ -51,10 +51,12 @@ TINY_PARAMS: dict[str, dict[str, Any]] = {
 # "training on changes the samples" and "the seed changes the result" become their opposites -- the samples depend on
 # the stored shots and the sampling generator alone (the seed picks the shots, but that is the harness's split).
 STORE_ONLY = {"copy_shots", "augment_shots"}
-# Options that change what a method draws from its random generator, checked as variants of the tiny instance:
-# DiffAugment draws every augmentation from it, so determinism and resume must hold with it on too.
+# Options that change what a method draws from its random generator or what its state holds, checked as variants of
+# the tiny instance: DiffAugment draws every augmentation from it, so determinism and resume must hold with it on too;
+# GLICO's long schedule keeps one optimiser state where the default official one re-creates it every epoch.
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
-    name: {"diffaugment": {"diffaugment": True}} for name in ("dcgan", "wgan", "wgan_gp", "cgan", "metacgan")
+    **{name: {"diffaugment": {"diffaugment": True}} for name in ("dcgan", "wgan", "wgan_gp", "cgan", "metacgan")},
+    "glico": {"long": {"schedule": "long"}},
 }
 
 PLUGIN = "contract_plugin"
@@ -190,6 +192,23 @@ def test_class_facts(case):
     assert cls.name == case.name  # the name in results and states is the one suites use
     assert isinstance(cls.conditional, bool) and cls.description
     cls.Config()  # the defaults (the paper's settings) are complete
+
+
+def test_an_epoch_budget_is_epochs_times_an_epoch_or_refused(case):
+    """A step budget runs its steps; an epoch budget is ``epochs × steps_per_epoch`` for a method that declares epochs
+    (and the fit runs exactly that many steps), a ValueError naming the field for the others."""
+    method, task = make(case), make_task(case)
+    assert method.steps_for(task, budget(3)) == 3
+    epochs = Budget(steps=3, epochs=2, batch_size=4, log_every=1)
+    if not case.cls.supports_epochs:
+        with pytest.raises(ValueError, match="budget.epochs"):
+            method.steps_for(task, epochs)
+        return
+    per_epoch = method.steps_per_epoch(task, 4)
+    assert per_epoch >= 1 and method.steps_for(task, epochs) == 2 * per_epoch
+    hooks = NullHooks()
+    method.fit(task, epochs, hooks)
+    assert [step for step, _, _ in hooks.records] == list(range(2 * per_epoch))
 
 
 def test_one_step_reports_finite_losses_and_samples_are_images_in_range(case):

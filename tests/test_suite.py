@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
-from harness.suite import SuiteError, expand, load_suite, parse_suite, suite_hash
+from harness.suite import _SUITE_ADDED, SuiteError, _without_defaults, expand, load_suite, parse_suite, suite_hash
 
 SUITES = Path(__file__).resolve().parents[1] / "suites"
 
@@ -69,6 +70,19 @@ def test_data_full_makes_reference_trials_and_the_default_changes_no_hash():
     assert not {t.trial_id for t in trials[:6]} & set(ids) and [t.trial_id for t in trials[6:]] == ids[6:]
 
 
+def test_an_epoch_budget_enters_the_trial_id_and_suite_hash_only_when_set():
+    """Budget.epochs came after version 1: unset, the hashes are those of before (the pinned suites below); set, it
+    is part of what the trial computes."""
+    base = _with("methods.0.budget", {"steps": 4})  # an entry budget without epochs: hashed as before too
+    steps = _with("methods.1", {"name": "glico"}, base)
+    epochs = _with("methods.1", {"name": "glico", "budget": {"epochs": 2}}, base)
+    assert "epochs" not in json.dumps(_without_defaults(parse_suite(steps).model_dump(mode="json"), _SUITE_ADDED))
+    assert suite_hash(parse_suite(epochs)) != suite_hash(parse_suite(steps))
+    with_epochs, without = expand(parse_suite(epochs)), expand(parse_suite(steps))
+    assert [t.budget.epochs for t in with_epochs if t.method == "glico"] == [2] * 6
+    assert [a.trial_id == b.trial_id for a, b in zip(with_epochs, without)] == [True] * 6 + [False] * 6
+
+
 def test_method_budget_override_applies_to_that_method_only():
     data = _with("methods.1.budget", {"steps": 3})
     trials = expand(parse_suite(data))
@@ -126,7 +140,17 @@ MALFORMED = [
      "methods[0].data", "no more than the 400 shots for novel class(es) '3': 400"),
     ("missing budget", _with("budget", DELETE), "budget", "required"),
     ("zero steps", _with("budget.steps", 0), "budget.steps", "greater than or equal to 1"),
-    ("unknown budget key", _with("budget.epochs", 3), "budget.epochs", "unknown field"),
+    ("unknown budget key", _with("budget.epoch", 3), "budget.epoch", "unknown field"),
+    ("epochs for a method that counts steps", _with("methods.1.budget", {"epochs": 3}), "methods[1].budget.epochs",
+     "'cgan' counts generator steps"),
+    ("suite epochs for a method that counts steps", _with("budget.epochs", 3), "budget.epochs",
+     "'dcgan' counts generator steps"),
+    ("epochs and steps in one entry", _with("methods.1", {"name": "glico", "budget": {"steps": 3, "epochs": 2}}),
+     "methods[1].budget.steps", "give one of steps and epochs"),
+    ("asha with an epoch budget", _with("sweep", {
+        "method": "glico", "metric": "m", "mode": "min", "space": {"lr_g": {"uniform": [0, 1]}},
+        "asha": {"grace_period": 2}}, _with("methods.1", {"name": "glico", "budget": {"epochs": 2}})),
+     "methods[1].budget.epochs", "ASHA's rungs count steps"),
     ("zero cpu", _with("resources", {"cpu": 0}), "resources.cpu", "greater than 0"),
     ("unknown metric", _with("evaluation", {"metrics": ["fidd"]}), "evaluation.metrics[0]", "unknown metric"),
     ("sweep over a missing label", _with("sweep", {"method": "x", "metric": "m", "mode": "min",
@@ -219,13 +243,17 @@ PINNED_HASHES = {
     "reports/fewshot_mnist_sweep_asha/suite.yaml": ("a9cbb66414f6", "e02cce127cdb2643"),
     "suites/ablation_metacgan_nc.yaml": ("9194b33d3976", "38ca40d5eb10ac90"),
     "suites/bench_bf16.yaml": ("88246848be54", "8b389c5d9fe3b52f"),
-    # the copy/augment baselines and the full-data references joined these four (ADDED_ENTRIES): their suite hashes
-    # moved (8c2ee0f60c96, c3a2fa6f65d0, 91202cc2e2ac, 3ae144012d3a before), the earlier entries' trial ids did not
-    "suites/fewshot_celeba.yaml": ("5b4e6f09ffee", "9b81aa73ce901b5f"),
-    "suites/fewshot_fashion.yaml": ("9897da6d6cdd", "80b305882be5d62b"),
-    "suites/fewshot_mnist.yaml": ("e8ce903b4bf0", "e02cce127cdb2643"),
-    "suites/fewshot_mnist_full.yaml": ("97da8a763fbe", "d55f9be7c9b797ac"),
-    "suites/fewshot_mnist_validity.yaml": ("21c4adb1d652", "96ea44f10333dc78"),  # added with class splits
+    # the copy/augment baselines and the full-data references joined these four (ADDED_ENTRIES, out of the trial-id
+    # hash), and GLICO moved to its official schedule (budget.epochs: 202) with glico-long (and glico-midpoint in the
+    # MNIST suites) beside it: the suite hashes and GLICO's trial ids moved, every other trial id did not
+    "suites/fewshot_celeba.yaml": ("4fd1c6d507df", "c411e7425546adc1"),
+    "suites/fewshot_fashion.yaml": ("7aaeec3f2872", "245c6a0b42122b77"),
+    "suites/fewshot_mnist.yaml": ("e710cbe748b9", "b4eb0368d330a0d1"),
+    "suites/fewshot_mnist_full.yaml": ("9bd116793b19", "5b459d27a7b2b23a"),
+    # published as reports/fewshot_mnist_validity with ("21c4adb1d652", "96ea44f10333dc78"); its glico entry now says
+    # schedule: long (what ran), so the file keeps giving the published numbers: hash and GLICO's ids moved
+    "suites/fewshot_mnist_validity.yaml": ("23f8d23784e0", "d31d1933a3a8c427"),
+    "suites/ablation_seed_methods.yaml": ("20495c0b52a3", "f0a194ca9503fe5e"),  # issue #18, scored on validation
     "suites/smoke.yaml": ("a3c8ef8fd8e0", "aec2672739060de3"),
 }
 

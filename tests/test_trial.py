@@ -156,6 +156,23 @@ def test_the_loop_logs_every_log_every_steps_and_the_last_and_checkpoints_on_its
     assert [c for c in recorder.calls if c[0] == "log"] == [("log", None, 0), ("log", None, 3), ("log", None, 6)]
 
 
+def test_an_epoch_budget_is_resolved_for_the_task_before_the_fit(tmp_path, smoke):
+    """GLICO counts epochs: 2 epochs of its 10 codes (5 shots × 2 classes) in batches of 4 are 2 × 3 steps, and the
+    loop logs the last of them and checkpoints by that count."""
+    suite, dataset = smoke
+    tiny = {"code_dim": 16, "noise_dim": 8, "hidden": 32, "width": 4, "classifier_width": 4, "perceptual": "pixel"}
+    spec = _spec(suite, "cgan").model_copy(update={
+        "method": "glico", "label": "glico", "params": tiny,
+        "budget": suite.budget.model_copy(update={"steps": 50, "epochs": 2, "batch_size": 4, "log_every": 4,
+                                                  "checkpoint_every": 3}),
+        "evaluation": suite.evaluation.model_copy(update={"metrics": [], "samples_per_class": 4})})
+    recorder = _Recorder()
+    result = run_trial(spec, tmp_path, dataset=dataset, device="cpu", callbacks=[recorder])
+    assert result.status == "ok" and result.provenance["budget_steps"] == 2 * 3
+    assert [r["step"] for r in result.losses] == [0, 4, 5]  # every 4th and the last of the 6 steps, not of 50
+    assert [c for c in recorder.calls if c[0] == "checkpoint"] == [("checkpoint", 0, None), ("checkpoint", 5, None)]
+
+
 def test_per_class_models_checkpoint_after_each_class(tmp_path, smoke):
     """The unconditional baselines fit one model per novel class: a checkpoint follows each, so a resumed trial
     skips the classes already done (no sentinel step: the adapter tells the loop a model is done)."""
