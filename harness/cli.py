@@ -1,10 +1,11 @@
-"""The ``harness`` command: run, sweep, reproduce, validate, report, ui, methods, metrics."""
+"""The ``harness`` command: run, sweep, reproduce, evaluate, validate, report, ui, methods, metrics."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import tempfile
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -288,6 +289,85 @@ def reproduce(
     for line in rep.render(result):
         console.print(line, highlight=False, markup=False, soft_wrap=True)
     raise typer.Exit(0 if result.reproduced else 1)
+
+
+def _name_list(text: str | None) -> list[str] | None:
+    names = [x.strip() for x in text.split(",") if x.strip()] if text else None
+    return names or None
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="run directory whose trials saved their samples", metavar="RUN_DIR")],
+    metrics: Annotated[Optional[str], typer.Option(
+        help="comma-separated metric names (`harness metrics`); default each trial's own")] = None,
+    evaluator: Annotated[Optional[str], typer.Option(
+        help="domain_classifier or inception_v3; default each trial's own")] = None,
+    samples_per_class: Annotated[Optional[int], typer.Option(
+        min=1, help="score the first N saved samples of each class; default the suite's samples_per_class")] = None,
+    device: DeviceOption = "auto",
+    progress: ProgressOption = True,
+    tracking_uri: TrackingUriOption = None,
+    tracking: Annotated[bool, typer.Option(help="log the new values to the trials' MLflow child runs")] = True,
+) -> None:
+    """Score a run's saved samples again, without training: the values go into each result.json as a new metrics
+    version (earlier versions kept), into the trials' existing MLflow child runs, and into a re-rendered report."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from harness import rescore as rs
+    from harness.metrics import headline_values
+
+    try:
+        planned = rs.plan(run_dir, _name_list(metrics), evaluator, samples_per_class)
+    except rs.RescoreError as exc:
+        for where, what in exc.problems:
+            err_console.print(f"[red]✗[/red] {where}: {what}", highlight=False)
+        raise typer.Exit(2) from None
+    context = None
+    if tracking:
+        from harness import tracking as mlflow_tracking
+
+        context = mlflow_tracking.run_dir_context(run_dir, tracking_uri)
+        if context is None:
+            console.print(f"MLflow: {run_dir} has no tracked parent run{f' in {tracking_uri}' if tracking_uri else ''}"
+                          "; the new values go to result.json only", highlight=False)
+        else:
+            try:
+                mlflow_tracking.check_tracking_server(context.tracking_uri)
+            except ConnectionError as exc:
+                err_console.print(f"[red]✗[/red] {exc}", highlight=False)
+                raise typer.Exit(2) from None
+    for name, why in planned.skipped:
+        console.print(f"[yellow]skipped[/yellow] {name}: {why}", highlight=False)
+    datasets, failed, started = rs.Datasets(), 0, time.perf_counter()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, disable=not progress, transient=True) as bar:
+        task = bar.add_task("evaluating", total=len(planned.trials))
+        for trial in planned.trials:
+            bar.update(task, description=trial.result.name)
+            try:
+                evaluation, entry = rs.rescore(trial, datasets, device)
+            except Exception as exc:  # noqa: BLE001 - one trial's failure is reported, the others still run
+                failed += 1
+                err_console.print(f"[red]✗[/red] {trial.result.name}: {type(exc).__name__}: {exc}", highlight=False)
+                bar.advance(task)
+                continue
+            logged = ""
+            if context is not None:
+                try:
+                    run_id = mlflow_tracking.log_metrics_version(context, trial.result, trial.directory,
+                                                                 evaluation.metrics, entry)
+                    logged = f", MLflow run {run_id}" if run_id else ", no MLflow child run for it (not logged)"
+                except Exception as exc:  # noqa: BLE001 - result.json holds the values whatever MLflow does
+                    logged = f", not logged to MLflow ({type(exc).__name__}: {exc})"
+            shown = " ".join(f"{k}={v:.3g}" for k, v in list(headline_values(evaluation.metrics).items())[:6])
+            console.print(f"{trial.result.name}: metrics version {entry['version']}: {shown}{logged}",
+                          highlight=False, markup=False)
+            bar.advance(task)
+    console.print(f"{len(planned.trials) - failed} of {len(planned.trials)} trials re-scored in "
+                  f"{time.perf_counter() - started:.1f} s", highlight=False)
+    _write_report(run_dir)
+    raise typer.Exit(1 if failed else 0)
 
 
 @app.command()

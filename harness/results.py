@@ -2,7 +2,12 @@
 tracking, the report and the CLI share. Torch-free, so reading results stays light.
 
 Metric values are :class:`~harness.metrics.value.MetricValue` in memory and keep their long-standing JSON form on
-disk (plus ``reference_of``), so ``result.json`` files of earlier versions load too."""
+disk (plus ``reference_of``), so ``result.json`` files of earlier versions load too.
+
+``metrics`` are the trial's current values. Re-scoring (`harness evaluate`, :mod:`harness.rescore`) never loses
+earlier ones: ``metric_versions`` lists every evaluation of the trial's samples — version 1 the trial's own, then one
+per re-scoring — each with its evaluator, the evaluator's hash, the sample count, the metrics asked for and the values
+they gave (:meth:`TrialResult.version_values`)."""
 
 from __future__ import annotations
 
@@ -35,6 +40,17 @@ class TrialResult:
     artifacts: dict[str, str] = field(default_factory=dict)
     error: str | None = None
     evaluations: list[dict[str, float]] = field(default_factory=list)  # intermediate: {"step": n, metric: value}
+    metric_versions: list[dict[str, Any]] = field(default_factory=list)  # see the module docstring
+
+    def version_values(self, version: int) -> dict[str, MetricValue]:
+        """The values metrics version ``version`` computed (1: the trial's own); ``KeyError`` if there is none."""
+        for entry in self.metric_versions:
+            if entry.get("version") == version:
+                return metrics_from_json(entry.get("values") or {})
+        if version == 1 and not self.metric_versions:  # never re-scored: the current values are the trial's own
+            return dict(self.metrics)
+        raise KeyError(f"trial {self.name}: no metrics version {version} (has "
+                       f"{[e.get('version') for e in self.metric_versions] or [1]})")
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form (metric values as plain objects)."""

@@ -19,6 +19,7 @@ import yaml
 
 from harness.api import Budget
 from harness.data import DataSourceError, DatasetConfig, DatasetInfo, dataset_info
+from harness.metrics.config import ADDED_FIELDS as EVALUATION_ADDED_FIELDS
 from harness.metrics.config import EvaluationConfig
 from harness.registry import DATASETS, METHODS, UnknownNameError
 
@@ -276,12 +277,13 @@ class TrialSpec(pydantic.BaseModel):
 
 
 # fields added to a dump after version 1, with their defaults: hashed only when set (earlier hashes stay valid)
+_EVALUATION_ADDED = {("evaluation", key): default for key, default in EVALUATION_ADDED_FIELDS.items()}
 # (a "*" in a nested key stands for every element of a list)
-_SPEC_ADDED = {"selection": "none", "split": 0, "data": "few", ("budget", "epochs"): None}
+_SPEC_ADDED = {"selection": "none", "split": 0, "data": "few", ("budget", "epochs"): None, **_EVALUATION_ADDED}
 _SUITE_ADDED = {("protocol", "validation_classes"): [], ("protocol", "class_splits"): None,
                 ("protocol", "score_on"): "test", ("sweep", "select_on"): "validation",
                 ("methods", "*", "data"): "few", ("budget", "epochs"): None,
-                ("methods", "*", "budget", "epochs"): None}
+                ("methods", "*", "budget", "epochs"): None, **_EVALUATION_ADDED}
 
 
 def _without_defaults(dump: dict[str, Any], added: dict[Any, Any]) -> dict[str, Any]:
@@ -555,7 +557,7 @@ def environment_problems(suite: Suite) -> list[tuple[str, str]]:
         try:
             check_evaluator(suite.evaluation)
         except (ValueError, OSError) as exc:
-            problems.append(("evaluation.evaluator", str(exc)))
+            problems.append((getattr(exc, "field", "evaluation.evaluator"), str(exc)))
     for i, entry in enumerate(suite.methods):
         method_cls = METHODS.get(entry.name)
         try:

@@ -32,11 +32,12 @@ from harness.runtime import derive_seed, git_commit, host_facts, package_version
 from harness.suite import TrialSpec
 
 __all__ = [
-    "CHECKPOINT_FILE", "RESULT_FILE", "FileCheckpoint", "IntermediateEvaluation", "TrialLoop", "TrialResult",
-    "TrialStopped", "run_trial", "trial_dir_for",
+    "CHECKPOINT_FILE", "RESULT_FILE", "SAMPLES_FILE", "FileCheckpoint", "IntermediateEvaluation", "TrialLoop",
+    "TrialResult", "TrialStopped", "run_trial", "split_for", "trial_dir_for",
 ]
 
 CHECKPOINT_FILE = "checkpoint.pt"
+SAMPLES_FILE = "samples.pt"
 SAMPLE_CHUNK = 500
 
 
@@ -300,11 +301,7 @@ def run_trial(
     loop: TrialLoop | None = None
     try:
         dataset = dataset or load_dataset(spec.dataset)
-        split = make_split(
-            dataset, spec.base_classes, spec.novel_classes, spec.shots, spec.seed,
-            eval_images_per_class=spec.eval_images_per_class, base_images_per_class=spec.base_images_per_class,
-            heldout_from=spec.heldout_from, data=spec.data,
-        )
+        split = split_for(spec, dataset)
         result.provenance.update(_data_provenance(dataset, split))
         result.provenance["selection"] = spec.selection  # "test": chosen on test images, flagged wherever shown
         result.provenance["heldout_from"] = spec.heldout_from
@@ -365,6 +362,15 @@ def run_trial(
     return result
 
 
+def split_for(spec: TrialSpec, dataset: Dataset) -> FewShotSplit:
+    """The few-shot split ``spec`` trains and is evaluated on (a pure function of the spec and the dataset)."""
+    return make_split(
+        dataset, spec.base_classes, spec.novel_classes, spec.shots, spec.seed,
+        eval_images_per_class=spec.eval_images_per_class, base_images_per_class=spec.base_images_per_class,
+        heldout_from=spec.heldout_from, data=spec.data,
+    )
+
+
 def _intermediate_evaluator(spec: TrialSpec, dataset: Dataset, split: FewShotSplit, model: GenerativeMethod,
                             device: torch.device) -> Callable[[tuple[str, ...]], dict[str, float]]:
     """The final evaluation's samples (same count, same noise) and the named metrics; their pooled values only (no
@@ -403,8 +409,8 @@ def _save_artifacts(spec: TrialSpec, split: FewShotSplit, samples: LabeledImages
         artifacts.update(samples="samples.png", shots="shots.png")
     # uint8 keeps every sample for re-evaluation at a quarter of the float size
     torch.save({"images": (samples.images * 255).round().to(torch.uint8), "labels": samples.labels},
-               trial_dir / "samples.pt")
-    artifacts["samples_tensor"] = "samples.pt"
+               trial_dir / SAMPLES_FILE)
+    artifacts["samples_tensor"] = SAMPLES_FILE
     return artifacts
 
 

@@ -233,7 +233,7 @@ def test_encoders_trained_with_the_generator_when_asked():
     assert not {id(p) for p in method.meta.image_encoder.parameters()} & d_ids
 
 
-# ---- the notes' open readings: norms, D's optimiser start -------------------------------------------------------------
+# ---- the notes' open readings: norms, D's optimiser start ---------------------------------------------------------
 
 @pytest.mark.parametrize(("generator_norm", "discriminator_norm"), [("instance", "instance"), ("batch", "instance"),
                                                                      ("instance", "batch"), ("none", "layer")])

@@ -187,9 +187,10 @@ def test_memorisation_ratio_and_close_share():
 
 
 def test_registry_names_directions_and_descriptions():
-    assert set(METRICS.names()) == {"is", "fid", "kid", "prc", "class_consistency", "accuracy", "memorisation"}
+    assert set(METRICS.names()) == {"is", "fid", "kid", "prc", "class_consistency", "accuracy", "memorisation",
+                                    "diversity", "lpips_diversity", "ndb"}
     lower = {name for name in METRICS.names() if METRICS.get(name).direction == LOWER}
-    assert lower == {"fid", "kid"}
+    assert lower == {"fid", "kid", "ndb"}
     memorisation = METRICS.get("memorisation")
     assert memorisation.direction == target("≈ 1") and not memorisation.direction.ranked
     assert memorisation.key("memorisation_close_share").direction == LOWER  # a key's own direction
@@ -199,13 +200,16 @@ def test_registry_names_directions_and_descriptions():
         for key in spec.keys:  # every reference names a generator key of its own metric
             assert key.reference_of is None or not spec.key(key.reference_of).reference, key
     references = {k.name: (k.reference_of, k.row) for name in METRICS.names() for k in METRICS.get(name).keys
-                  if k.reference}
+                  if k.reference and name not in ("diversity", "lpips_diversity")}  # test_diversity.py: those
     assert references == {
         "is_real": ("is", "real data (reference)"), "fid_real_floor": ("fid", "real data (reference)"),
         "class_consistency_real": ("class_consistency", "real data (reference)"),
         "accuracy_real_only": ("accuracy", "real data (reference)"),
         "accuracy_classic_aug": ("accuracy", "classic_aug (baseline)"),
+        "ndb_real": ("ndb", "real data (reference)"), "ndb_js_real": ("ndb_js", "real data (reference)"),
     }
+    assert {n for n in METRICS.names() if not METRICS.get(n).needs_evaluator} == {"accuracy", "lpips_diversity",
+                                                                                  "ndb"}
     assert memorisation.describe_keys() == ("memorisation (≈ 1) (+ /class_<c>), memorisation_close_share ↓ "
                                             "(+ /class_<c>)")
     assert METRICS.get("is").describe_keys() == "is ↑, is_real ↑ (reference of is)"
@@ -252,7 +256,7 @@ def test_registry_table_and_results_import_no_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False,
                           cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["7", "False"]
+    assert done.stdout.split() == ["10", "False"]
 
 
 # ---------------------------------------------------------------------------------------------------- values
@@ -355,8 +359,10 @@ def test_evaluation_config_defaults_and_strictness():
         EvaluationConfig(evaluator="inception_v3", metrics=["fid", "class_consistency"])
     with pytest.raises(pydantic.ValidationError, match="only used with evaluator: inception_v3"):
         EvaluationConfig(inception_weights="/x.pth")
-    for name, info in EvaluationConfig.model_fields.items():
-        assert info.description, f"EvaluationConfig.{name} has no description"
+    for model in (EvaluationConfig, EvaluationConfig.Diversity, EvaluationConfig.Lpips, EvaluationConfig.Ndb):
+        for name, info in model.model_fields.items():
+            assert info.description, f"{model.__name__}.{name} has no description"
+    assert (cfg.ndb.bins, cfg.ndb.alpha, cfg.lpips.net) == (100, 0.05, "vgg")  # the papers' settings
 
 
 # ---------------------------------------------------------------------------------------------------- InceptionV3

@@ -46,7 +46,9 @@ class FewShotSplit:
     ``task`` is all a method may see. ``heldout`` are test images of the novel classes and ``heldout_base`` test
     images of the base classes (empty without base classes); neither may reach a method. ``shot_indices[c]`` are the
     indices into ``dataset.train`` of class ``c``'s shots. ``split_hash`` identifies the split: sha256 over the
-    dataset fingerprint, the classes, shots, seed, caps and every chosen index.
+    dataset fingerprint, the classes, shots, seed, caps and every chosen index. ``heldout_train_indices``: the indices
+    into ``dataset.train`` of the held-out images when they are training images (a selection trial), else empty — so
+    that a metric fitting something to the training images of the novel classes can leave them out.
     """
 
     task: FewShotTask
@@ -54,6 +56,7 @@ class FewShotSplit:
     heldout_base: LabeledImages
     shot_indices: dict[int, list[int]]
     split_hash: str
+    heldout_train_indices: tuple[int, ...] = ()
 
     def __repr__(self) -> str:
         t = self.task
@@ -227,4 +230,5 @@ def make_split(
         heldout_base=_subset(dataset.test, heldout_base_index),
         shot_indices=shot_indices,
         split_hash=split_hash,
+        heldout_train_indices=tuple(heldout_index.tolist()) if heldout_from == "train" else (),
     )

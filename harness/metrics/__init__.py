@@ -12,11 +12,16 @@ which). The metrics themselves are declared and computed in :mod:`harness.metric
     class_consistency  class_consistency ↑ (+ /class_<c>), class_consistency_real ↑            domain classifier
     accuracy           accuracy ↑, accuracy_real_only ↑, accuracy_classic_aug ↑ (± std)       a small CNN per seed
     memorisation       memorisation ≈ 1 (+ /class_<c>), memorisation_close_share ↓ (+ /class_<c>) evaluator features
+    diversity          diversity_features ↑, intra_cluster_features ↑, diversity_pixel ↑,      evaluator features,
+                       intra_cluster_pixel ↑ (+ /class_<c>, each beside its *_real reference)  pixels
+    lpips_diversity    diversity_lpips ↑, intra_cluster_lpips ↑ (+ /class_<c>, + *_real)       LPIPS weights files
+    ndb                ndb ↓, ndb_js ↓, ndb_real ↓, ndb_js_real ↓ (references)                pixels, k-means
 
 ``evaluate`` takes the evaluation config and the data — not a trial spec: a metric needs nothing else of the trial
-(its seeds come from the split). It extracts the samples' logits and features once, takes the held-out reference
-from the cache, and runs the requested metrics. This package imports no torch until ``evaluate`` runs, so that
-suite validation, reports and the CLI stay light.
+(its seeds come from the split). It rounds the samples to the 8-bit levels ``samples.pt`` keeps (so a trial's scores
+and those `harness evaluate` computes from its saved samples are the same numbers), extracts their logits and
+features once, takes the held-out reference from the cache, and runs the requested metrics. This package imports no
+torch until ``evaluate`` runs, so that suite validation, reports and the CLI stay light.
 """
 
 from __future__ import annotations
@@ -66,16 +71,22 @@ def _blas_threads(count: int):
 
 
 def check_evaluator(config: EvaluationConfig) -> Path | None:
-    """Raise a clear error when ``config``'s evaluator cannot be built here (InceptionV3 weights file missing);
-    call before any trial runs. See :func:`harness.metrics.evaluator.check_evaluator`."""
+    """Raise a clear error when ``config``'s evaluator, or a file a requested metric reads (LPIPS's weights), is
+    missing here; call before any trial runs. The error's ``field`` names the suite field. See
+    :func:`harness.metrics.evaluator.check_evaluator` and each metric's declared ``check``."""
     from harness.metrics.evaluator import check_evaluator as _check
 
-    return _check(config)
+    path = _check(config)
+    for name in dict.fromkeys(config.metrics):
+        if name in METRICS and METRICS.get(name).check is not None:
+            METRICS.get(name).check(config)
+    return path
 
 
 def needs_evaluator(config: EvaluationConfig) -> bool:
-    """Whether any requested metric reads the evaluator's logits or features (downstream accuracy trains its own)."""
-    return any(name != "accuracy" for name in config.metrics)
+    """Whether any requested metric reads the evaluator's logits or features (as declared with the metric: downstream
+    accuracy trains its own classifier, NDB and LPIPS read pixels)."""
+    return any(METRICS.get(name).needs_evaluator for name in config.metrics if name in METRICS)
 
 
 def prepare_evaluators(evaluations: Iterable[tuple[EvaluationConfig, Dataset]],
@@ -109,7 +120,9 @@ def evaluate(
     """
     import torch
 
+    from harness.api import LabeledImages
     from harness.metrics.context import EvaluationContext
+    from harness.metrics.evaluator import quantise
 
     started = time.perf_counter()
     names = list(dict.fromkeys(config.metrics))
@@ -118,10 +131,10 @@ def evaluate(
     got = samples.classes
     if set(got) != set(classes):
         raise ValueError(f"samples must cover exactly the novel classes {classes}, got classes {got}")
-    context = EvaluationContext(config, dataset, split, samples.to("cpu"), torch.device(device),
+    samples = LabeledImages(quantise(samples.images.cpu()), samples.labels.cpu())  # what samples.pt keeps
+    context = EvaluationContext(config, dataset, split, samples, torch.device(device),
                                 cache_root=cache_root, evaluator_settings=evaluator_settings)
-    if config.evaluator == "inception_v3":
-        check_evaluator(config)
+    check_evaluator(config)
     metrics: dict[str, MetricValue] = {}
     seconds: dict[str, float] = {}
     with _blas_threads(torch.get_num_threads()):

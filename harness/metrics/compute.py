@@ -125,7 +125,7 @@ def compute_class_consistency(ctx: EvaluationContext) -> Values:
     "accuracy", "held-out accuracy of a classifier trained on the k shots + samples, beside real-only and "
     "classic-augmentation baselines (mean ± std over seeds)",
     Key("accuracy", HIGHER), Key("accuracy_real_only", HIGHER, reference_of="accuracy"),
-    Key("accuracy_classic_aug", HIGHER, reference_of="accuracy", baseline="classic_aug"))
+    Key("accuracy_classic_aug", HIGHER, reference_of="accuracy", baseline="classic_aug"), needs_evaluator=False)
 def compute_accuracy(ctx: EvaluationContext) -> Values:
     """Downstream accuracy with the samples (``accuracy``) beside ``accuracy_real_only`` and
     ``accuracy_classic_aug``; mean ± std over the classifier seeds."""
@@ -166,4 +166,80 @@ def compute_memorisation(ctx: EvaluationContext) -> Values:
         r = results[label]
         out.append(metric.measure("memorisation", r.ratio, label=label, n=r.num_samples))
         out.append(metric.measure("memorisation_close_share", r.close_share, label=label, n=r.num_samples))
+    return dict(out)
+
+
+def _diversity_keys(space: str) -> tuple[Key, ...]:
+    """Within-class and CDC intra-cluster diversity in ``space``, each beside held-out real images' value."""
+    keys = []
+    for name in (f"diversity_{space}", f"intra_cluster_{space}"):
+        keys += [Key(name, HIGHER, per_class=True), Key(f"{name}_real", HIGHER, per_class=True, reference_of=name)]
+    return tuple(keys)
+
+
+# Higher is more diverse, as the field reports LPIPS diversity; noise is diverse too, so every value stands beside
+# held-out real images' (the *_real references): a generator near the real value is as diverse as the class.
+@register_metric(
+    "diversity", "mean pairwise distance of a class's samples (evaluator features; pixels, RMS) and CDC's "
+    "intra-cluster variant (samples grouped by nearest shot), per class and pooled, beside held-out real images'",
+    *_diversity_keys("features"), *_diversity_keys("pixel"))
+def compute_diversity(ctx: EvaluationContext) -> Values:
+    """Within-class and intra-cluster diversity in the evaluator's feature space and in pixel space."""
+    from harness.metrics.diversity import euclidean, measure_diversity, pixel_vectors
+
+    metric = METRICS.get("diversity")
+    ref, limit = ctx.reference, ctx.config.diversity.images_per_class
+
+    def features(c: int):
+        return ctx.features[ctx.sample_mask(c)], ref.class_features(c), ref.shot_features[ref.shot_labels == c]
+
+    return {**measure_diversity(metric, "features", ctx.classes, features, lambda x: x, euclidean, limit),
+            **measure_diversity(metric, "pixel", ctx.classes, ctx.class_images, pixel_vectors, euclidean, limit)}
+
+
+def _check_lpips(config) -> object:
+    from harness.metrics.lpips import check_lpips
+
+    return check_lpips(config)
+
+
+@register_metric(
+    "lpips_diversity", "LPIPS diversity of a class's samples and CDC's intra-cluster LPIPS, per class and pooled, "
+    "beside held-out real images' (needs the lpips linear layers and the torchvision backbone as local files)",
+    *_diversity_keys("lpips"), needs_evaluator=False, check=_check_lpips)
+def compute_lpips_diversity(ctx: EvaluationContext) -> Values:
+    """Within-class and intra-cluster LPIPS (``evaluation.lpips``) of at most ``lpips.images_per_class`` samples
+    and held-out images per class."""
+    from harness.metrics.diversity import measure_diversity
+    from harness.metrics.lpips import check_image_size, load_lpips
+
+    settings = ctx.config.lpips
+    check_image_size(settings.net, settings.size or min(ctx.samples.images.shape[2:]))
+    network = load_lpips(ctx.config, ctx.device)
+    return measure_diversity(METRICS.get("lpips_diversity"), "lpips", ctx.classes, ctx.class_images, network.embed,
+                             network.pairwise, settings.images_per_class)
+
+
+@register_metric(
+    "ndb", "NDB (bins, of K k-means bins in pixel space fitted on the classes' training images, where the samples' "
+    "share differs at α) and JS divergence of the bin histograms (Richardson & Weiss 2018), beside held-out real "
+    "images' values",
+    Key("ndb", LOWER), Key("ndb_js", LOWER), Key("ndb_real", LOWER, reference_of="ndb"),
+    Key("ndb_js_real", LOWER, reference_of="ndb_js"), needs_evaluator=False)
+def compute_ndb(ctx: EvaluationContext) -> Values:
+    """NDB and JS of the samples and of the held-out real images against the training bins, at equal sizes."""
+    from harness.metrics.ndb import balanced_index, ndb_score, pixel_vectors, training_bins
+
+    metric = METRICS.get("ndb")
+    cfg = ctx.config.ndb
+    bins = training_bins(ctx.dataset, ctx.split, cfg.bins, cfg.seed, cache_root=ctx.cache_root)
+    ctx.provenance["ndb_bins_cache"] = bins.cache_status
+    real = ctx.split.heldout
+    per_class = min(int((labels == c).sum()) for labels in (real.labels, ctx.samples.labels) for c in ctx.classes)
+    out = []
+    for images, suffix in ((ctx.samples, ""), (real, "_real")):
+        chosen = images.images[balanced_index(images.labels, ctx.classes, per_class, cfg.seed)]
+        result = ndb_score(bins, pixel_vectors(chosen), cfg.alpha)
+        out += [metric.measure(f"ndb{suffix}", result.ndb, n=result.count),
+                metric.measure(f"ndb_js{suffix}", result.js, n=result.count)]
     return dict(out)

@@ -11,7 +11,7 @@ from typing import Literal
 
 import pydantic
 
-__all__ = ["EvaluationConfig"]
+__all__ = ["ADDED_FIELDS", "EvaluationConfig"]
 
 _STRICT = pydantic.ConfigDict(extra="forbid", frozen=True)
 
@@ -39,6 +39,46 @@ class EvaluationConfig(pydantic.BaseModel):
             None, description="horizontal flips in the classic-augmentation baseline; default by dataset (not digits)"
         )
 
+    class Diversity(pydantic.BaseModel):
+        """Metric ``diversity`` (pixel and feature space)."""
+
+        model_config = _STRICT
+
+        images_per_class: pydantic.PositiveInt = pydantic.Field(
+            1000, description="samples (and held-out images) per class compared pairwise, a seeded subset when there "
+            "are more: every pair of them is compared")
+
+    class Lpips(pydantic.BaseModel):
+        """LPIPS (Zhang et al. 2018) for metric ``lpips_diversity``: the ``lpips`` package's linear layers on a
+        torchvision backbone, both read from local files (never downloaded; validation names a missing one)."""
+
+        model_config = _STRICT
+
+        net: Literal["vgg", "alex"] = pydantic.Field(
+            "vgg", description="backbone: vgg (CDC's intra-cluster LPIPS uses lpips.LPIPS(net='vgg')) or alex "
+            "(the lpips package's default; needs images of at least 31 px: set size)")
+        weights: str | None = pydantic.Field(
+            None, description="the lpips package's linear-layer file for net (lpips/weights/v0.1/<net>.pth); default: "
+            "that file inside an installed lpips package")
+        backbone_weights: str | None = pydantic.Field(
+            None, description="torchvision's ImageNet backbone file (vgg16-397923af.pth or alexnet-owt-7be5be79.pth); "
+            "default the torch hub cache (<torch hub dir>/checkpoints/)")
+        size: pydantic.PositiveInt | None = pydantic.Field(
+            None, description="resize images to size × size (bilinear) before LPIPS; default: as they are")
+        images_per_class: pydantic.PositiveInt = pydantic.Field(
+            100, description="samples (and held-out images) per class scored with LPIPS, a seeded subset: "
+            "every pair of them is compared")
+
+    class Ndb(pydantic.BaseModel):
+        """NDB / JS (Richardson & Weiss 2018) for metric ``ndb``: k-means bins in pixel space."""
+
+        model_config = _STRICT
+
+        bins: int = pydantic.Field(100, ge=2, description="K of the k-means (the paper's K = 100 on MNIST)")
+        alpha: float = pydantic.Field(0.05, gt=0, lt=1, description="significance level of each bin's two-proportion "
+                                      "z-test (the paper's 0.05)")
+        seed: int = pydantic.Field(0, ge=0, description="k-means initialisation seed")
+
     samples_per_class: pydantic.PositiveInt = pydantic.Field(1000, description="generated images per novel class")
     metrics: list[str] = pydantic.Field(default_factory=list, description="metric names (`harness metrics`)")
     grid_samples_per_class: int = pydantic.Field(8, ge=0, le=64, description="images per class in the sample grid")
@@ -65,6 +105,15 @@ class EvaluationConfig(pydantic.BaseModel):
     accuracy: EvaluationConfig.Accuracy = pydantic.Field(
         default_factory=lambda: EvaluationConfig.Accuracy(), description="downstream-accuracy classifier settings"
     )
+    diversity: EvaluationConfig.Diversity = pydantic.Field(
+        default_factory=lambda: EvaluationConfig.Diversity(), description="image counts of metric diversity"
+    )
+    lpips: EvaluationConfig.Lpips = pydantic.Field(
+        default_factory=lambda: EvaluationConfig.Lpips(), description="LPIPS network of metric lpips_diversity"
+    )
+    ndb: EvaluationConfig.Ndb = pydantic.Field(
+        default_factory=lambda: EvaluationConfig.Ndb(), description="k-means bins and test of metric ndb"
+    )
 
     @pydantic.model_validator(mode="after")
     def _evaluator_fits(self) -> EvaluationConfig:
@@ -74,3 +123,13 @@ class EvaluationConfig(pydantic.BaseModel):
             raise ValueError("metric class_consistency needs evaluator: domain_classifier (InceptionV3 predicts "
                              "ImageNet classes, not the dataset's)")
         return self
+
+
+# Sections added to the evaluation config after version 1 of the suite format, with their default dumps: a suite or
+# trial hash leaves them out while they keep these values, so the hashes of every earlier suite stay as they were
+# (harness.suite's _SPEC_ADDED / _SUITE_ADDED read this).
+ADDED_FIELDS: dict[str, object] = {
+    "diversity": EvaluationConfig.Diversity().model_dump(mode="json"),
+    "lpips": EvaluationConfig.Lpips().model_dump(mode="json"),
+    "ndb": EvaluationConfig.Ndb().model_dump(mode="json"),
+}

@@ -70,6 +70,11 @@ class EvaluationContext:
         labels = self.samples.labels
         return torch.ones_like(labels, dtype=torch.bool) if label is None else labels == label
 
+    def class_images(self, label: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Class ``label``'s samples, held-out real images and shots (pixels, float in [0, 1])."""
+        return (self.samples.images[self.sample_mask(label)], self.split.heldout.of_class(label).images,
+                self.split.task.novel.of_class(label).images)
+
     def groups(self) -> list[int | None]:
         """Every novel class, then None (pooled)."""
         return [*self.classes, None]

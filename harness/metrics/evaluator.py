@@ -51,7 +51,12 @@ INCEPTION_WEIGHTS_FILE = os.path.basename(urlparse(INCEPTION_WEIGHTS_URL).path)
 
 
 class EvaluatorUnavailableError(ValueError):
-    """The configured evaluator cannot be built here (e.g. the InceptionV3 weights file is missing)."""
+    """The configured evaluator (or a network a metric reads, such as LPIPS's) cannot be built here, e.g. its
+    weights file is missing; ``field`` names the suite field a validation message points at."""
+
+    def __init__(self, message: str, field: str = "evaluation.evaluator") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 # --------------------------------------------------------------------------------------------------- architecture

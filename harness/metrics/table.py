@@ -153,13 +153,18 @@ def near_chance(key: str, factor: float = 1.5) -> CollapseRule:
 @dataclass(frozen=True)
 class MetricSpec:
     """A registered metric: ``compute(EvaluationContext) -> {flat key: MetricValue}`` and the keys it declares;
-    ``collapse``: the rule, if any, by which this metric's value marks a trial as collapsed."""
+    ``collapse``: the rule, if any, by which this metric's value marks a trial as collapsed. ``needs_evaluator``:
+    whether it reads the evaluator's logits or features (so that a suite of metrics that do not never trains or
+    loads one); ``check(EvaluationConfig)``: raises, before any trial runs, when something the metric reads from disk
+    is missing (a weights file), with the message validation shows."""
 
     name: str
     description: str
     keys: tuple[Key, ...]
     compute: Callable[[Any], dict[str, MetricValue]]
     collapse: CollapseRule | None = None
+    needs_evaluator: bool = True
+    check: Callable[[Any], object] | None = None
 
     @property
     def headline(self) -> Key:
@@ -240,11 +245,12 @@ class MetricTable:
 METRICS = MetricTable()
 
 
-def register_metric(name: str, description: str, *keys: Key,
-                    collapse: CollapseRule | None = None) -> Callable[[Callable], Callable]:
+def register_metric(name: str, description: str, *keys: Key, collapse: CollapseRule | None = None,
+                    needs_evaluator: bool = True,
+                    check: Callable[[Any], object] | None = None) -> Callable[[Callable], Callable]:
     """Declare the function below as metric ``name`` producing ``keys`` (lm-evaluation-harness's
     ``register_metric`` shape). Every ``reference_of`` must name a key of the same metric; a ``collapse`` rule
-    reads one of its keys."""
+    reads one of its keys; ``needs_evaluator`` and ``check``: see :class:`MetricSpec`."""
     if not keys:
         raise ValueError(f"metric {name!r} declares no keys")
     names = [k.name for k in keys]
@@ -263,7 +269,7 @@ def register_metric(name: str, description: str, *keys: Key,
         raise ValueError(f"metric {name!r}: its collapse rule reads {collapse.key!r}, which it does not declare")
 
     def decorate(fn: Callable) -> Callable:
-        METRICS.register(MetricSpec(name, description, keys, fn, collapse))
+        METRICS.register(MetricSpec(name, description, keys, fn, collapse, needs_evaluator, check))
         return fn
 
     return decorate

@@ -10,7 +10,8 @@ of a generator key (real-data IS ceiling, real-vs-real FID floor, the real-only 
 baselines) — under the methods, in that key's column; oracle references (``data: full`` entries, trained on every
 training image of the novel classes) as rows of their own under those, never ranked, never compared, never "best";
 beside memorisation, whether each method's FID beats ``copy_shots``' (paired) — one that does not is reproducing its
-training images; per-class tables; bar charts with CIs; metric vs shots when
+training images; when a diversity metric ran, a fidelity / diversity / copying table (FID, diversity, NDB,
+memorisation beside their references); per-class tables; bar charts with CIs; metric vs shots when
 several shots ran; a sample grid per method × novel class (seed 0, else the lowest seed); final losses and fit
 times; failed trials with their errors; the trials (collapsed ones marked); the sweep section
 (:mod:`harness.report.sweep`); a provenance footer.
@@ -36,6 +37,9 @@ from harness.report.sweep import sweep_section
 __all__ = ["TIME_KEYS", "Report"]
 
 TIME_KEYS = ("fit_s", "sample_s", "evaluate_s", "total_s")
+# the metrics of the fidelity / diversity / copying table, in its column order (registry names)
+TRADE_OFF_METRICS = ("fid", "diversity", "lpips_diversity", "ndb", "memorisation")
+DIVERSITY_METRICS = ("diversity", "lpips_diversity")
 BEST_ROW = "best (paired)"
 COLLAPSE_COLUMN = "collapsed"
 FULL_DATA_MARK = "(reference, full data)"
@@ -347,6 +351,9 @@ class Report:
             if table is not None:
                 self._add_copy_column(table, shots, cols, keys)
                 blocks.append(table)
+            trade_off = self._trade_off_table(shots, cols, refs, dict(zip(keys.key, keys.metric, strict=True)))
+            if trade_off is not None:
+                blocks.append(trade_off)
             spread = self._spread_table(shots, cols)
             if spread is not None:
                 blocks.append(spread)
@@ -410,6 +417,23 @@ class Report:
             notes.append(f"with fewer than {MIN_WILCOXON_PAIRS} pairs no method can be shown to beat copy_shots: "
                          "\"no\" then means \"not shown\"; run more seeds (or class splits).")
         table.notes += notes
+
+    def _trade_off_table(self, shots: int, cols: list[tuple[str, str, Direction | None]],
+                         refs: dict[str, tuple[str, str]], metric_of: dict[str, str]) -> Table | None:
+        """Fidelity (FID), diversity (within-class, intra-cluster, NDB) and copying (memorisation) side by side, each
+        with its real-data reference row: the trade-off a method makes, in one table. Only with a diversity
+        metric (otherwise the metrics table above is the same thing)."""
+        if not any(metric_of.get(key) in DIVERSITY_METRICS for key, _, _ in cols):
+            return None
+        chosen = sorted((c for c in cols if metric_of.get(c[0]) in TRADE_OFF_METRICS),
+                        key=lambda c: TRADE_OFF_METRICS.index(metric_of[c[0]]))
+        keys = {key for key, _, _ in chosen}
+        table = self._table(f"trade-off-{shots}", f"Fidelity, diversity and copying, {shots} shots", shots, chosen,
+                            "metric", {ref: place for ref, place in refs.items() if place[0] in keys})
+        if table is not None:
+            table.notes.insert(1, "the same values as the metrics table, side by side: a generator near the real "
+                               "data's diversity with low FID and memorisation ≈ 1 neither collapses nor copies.")
+        return table
 
     def _paired_tables(self, shots: int, columns: list[tuple[str, Direction]]) -> list[Table]:
         """One matrix per ranked headline key (pooled generator keys; a target such as memorisation's ≈ 1 is not

@@ -10,7 +10,7 @@ from harness.tracking.params import NOT_APPLICABLE, SPLIT_PARAMS, flatten, mlflo
 from harness.tracking.runs import (
     ERROR_TAG, KIND_TAG, PARENT_TAG, RUN_NAME_TAG, SAMPLES_IMAGE_KEY, STATUS_TAG, TRACKING_FILE, TRIAL_ID_TAG,
     TrackingContext, TrialTracker, child_runs, finish_run_tracking, get_or_create_experiment, iter_children_by_trial,
-    relocate_store, start_run_tracking,
+    log_metrics_version, relocate_store, run_dir_context, start_run_tracking,
 )
 from harness.tracking.ui import experiment_url, run_dir_store, serve_ui, ui_command
 from harness.tracking.uri import (
@@ -23,7 +23,7 @@ __all__ = [
     "SAMPLES_IMAGE_KEY", "SPLIT_PARAMS", "STATUS_TAG", "TRACKING_FILE", "TRIAL_ID_TAG", "TrackingCallback",
     "TrackingContext", "TrialTracker", "absolute_local_uri", "artifact_location", "check_tracking_server",
     "child_runs", "client_for", "default_tracking_uri", "experiment_url", "finish_run_tracking",
-    "get_or_create_experiment", "is_local_uri", "iter_children_by_trial", "flatten", "mlflow_key",
-    "resolve_tracking_uri", "relocate_store", "run_dir_store", "serve_ui", "spec_params", "start_run_tracking",
-    "suite_param_keys", "ui_command",
+    "get_or_create_experiment", "is_local_uri", "iter_children_by_trial", "flatten", "log_metrics_version",
+    "mlflow_key", "resolve_tracking_uri", "relocate_store", "run_dir_context", "run_dir_store", "serve_ui",
+    "spec_params", "start_run_tracking", "suite_param_keys", "ui_command",
 ]

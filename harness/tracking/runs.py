@@ -24,6 +24,10 @@ the parent (a resumed or retried trial logs into it) and creates it only when th
 
 Tracking never costs a trial its result: every ``TrialTracker`` method logs a warning on error and disables itself
 for the rest of the trial; ``result.json`` is always written by ``run_trial``.
+
+Re-scoring (`harness evaluate`) logs into the same child runs (:func:`log_metrics_version`): the new values as the
+latest values of their keys at the trial's final step (MLflow keeps the earlier ones in each key's history), the
+version's number and evaluator hash as tags, and the updated ``result.json``; it never creates a run.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from harness.tracking.uri import ARTIFACTS_DIR, DB_FILE, artifact_location, chec
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
+    from harness.metrics.value import MetricValue
     from harness.results import TrialResult
     from harness.suite import Suite, TrialSpec
 
@@ -458,12 +463,8 @@ class TrialTracker:
         if missing:
             self._log_params(missing)
         now = int(time.time() * 1000)
-        step = max((int(r.get("step", 0)) for r in result.losses), default=0)
-        metrics = []
-        for key, value in result.metrics.items():
-            metrics.append(Metric(mlflow_key(key), value.value, now, step))
-            if value.std is not None:
-                metrics.append(Metric(mlflow_key(key) + "_std", value.std, now, step))
+        step = final_step(result)
+        metrics = metric_entries(result.metrics, now, step)
         metrics += [Metric(mlflow_key(f"final/{k}"), float(v), now, step) for k, v in result.final_losses.items()]
         metrics += [Metric(mlflow_key(f"time/{k}"), float(v), now, step)
                     for k, v in result.wall_times.items() if k.endswith("_s")]
@@ -487,3 +488,51 @@ class TrialTracker:
             if (trial_dir / name).is_file():
                 client.log_artifact(run_id, str(trial_dir / name))
         client.set_terminated(run_id, {"ok": "FINISHED", "stopped": "KILLED"}.get(result.status, "FAILED"))
+
+
+# ------------------------------------------------------------------------------------------------- re-scoring
+
+
+def final_step(result: TrialResult) -> int:
+    """The step a trial's final metrics are logged at: its last logged loss step."""
+    return max((int(r.get("step", 0)) for r in result.losses), default=0)
+
+
+def metric_entries(metrics: dict[str, MetricValue], timestamp: int, step: int) -> list[Any]:
+    """MLflow ``Metric`` entries of metric values: each value, and ``<key>_std`` where it has one."""
+    from mlflow.entities import Metric
+
+    entries = []
+    for key, value in metrics.items():
+        entries.append(Metric(mlflow_key(key), value.value, timestamp, step))
+        if value.std is not None:
+            entries.append(Metric(mlflow_key(key) + "_std", value.std, timestamp, step))
+    return entries
+
+
+def run_dir_context(run_dir: Path, tracking_uri: str | None = None) -> TrackingContext | None:
+    """The parent run a run directory's trials were tracked under (``tracking.json``: the store ``tracking_uri``,
+    default the one last used), or None when the run was not tracked there."""
+    record = _read_tracking_file(run_dir)
+    uri = tracking_uri or record.get("last")
+    store = record.get("stores", {}).get(uri) if uri else None
+    if not store or not store.get("parent_run_id"):
+        return None
+    return TrackingContext(uri, str(store["experiment_id"]), str(store["parent_run_id"]))
+
+
+def log_metrics_version(context: TrackingContext, result: TrialResult, trial_dir: Path,
+                        values: dict[str, MetricValue], version: dict[str, Any]) -> str | None:
+    """Log re-scored ``values`` (metrics version ``version``) into the trial's existing child run, with the updated
+    ``result.json``; returns the run id, or None when the trial has no child run under the parent (none is made)."""
+    client = client_for(context.tracking_uri)
+    runs = child_runs(client, context, result.trial_id)
+    if not runs:
+        return None
+    run_id = runs[0].info.run_id
+    _log_metrics(client, run_id, metric_entries(values, int(time.time() * 1000), final_step(result)))
+    _log_tags(client, run_id, {"harness.metrics_version": str(version["version"]),
+                               "harness.metrics_version_evaluator_hash": version.get("evaluator_hash") or ""})
+    if (Path(trial_dir) / "result.json").is_file():
+        client.log_artifact(run_id, str(Path(trial_dir) / "result.json"))
+    return run_id
