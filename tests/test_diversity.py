@@ -30,12 +30,7 @@ def _points(*values: float) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float64).reshape(-1, 1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # --------------------------------------------------------------------------------------------- definitions

@@ -23,13 +23,7 @@ from harness.metrics.memorisation import memorisation, memorisation_by_class, ne
 from harness.metrics.reference import Reference
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a busy machine two threads that wait for each other make tiny networks slow."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _column(*values: float) -> torch.Tensor:
