@@ -122,11 +122,11 @@ def _executor(name: str):
 @contextlib.contextmanager
 def _session(suite, suite_file: Path, *, executor: str, address: str | None, run_dir: Path | None,
              runs_root: Path, tracking: bool, tracking_uri: str | None, storage: str | None = None,
-             verbose: bool = False):
+             verbose: bool = False, specs: list | None = None, recompute: list[str] = ()):
     """Reach the executor's compute and the tracking server (clear errors before anything runs), open the run
     directory (first fetched from shared ``storage`` when it holds it: a resumed cluster run) and the MLflow parent
     run; close what was opened, whatever happens. Yields ``(run, executor, tracking context, outcome)``."""
-    from harness.run import RunDir, new_run_path
+    from harness.run import RunDir, RunDirBusy, new_run_path
 
     executor_cls = _executor(executor)
     if storage is not None and not executor_cls.supports_storage:
@@ -155,8 +155,15 @@ def _session(suite, suite_file: Path, *, executor: str, address: str | None, run
         raise typer.Exit(2) from None
     context = None
     status = "KILLED"
+    run = None
     try:
-        run = RunDir.create(suite, suite_file, runs_root, run_dir)
+        try:
+            run = RunDir.create(suite, suite_file, runs_root, run_dir)
+            if specs is not None:  # before MLflow and the trials: a damaged result stops the run with nothing done
+                run.check_results(specs, recompute)
+        except (RunDirBusy, ValueError) as exc:
+            err_console.print(f"[red]✗[/red] {exc}", highlight=False)
+            raise typer.Exit(2) from None
         console.print(f"run directory: [bold]{run.path}[/bold]", highlight=False)
         if tracking:
             from harness import tracking as mlflow_tracking
@@ -184,6 +191,8 @@ def _session(suite, suite_file: Path, *, executor: str, address: str | None, run
         if context is not None:
             mlflow_tracking.finish_run_tracking(context, status)
         runner.close()
+        if run is not None:
+            run.close()
 
 
 @app.command()
@@ -203,9 +212,15 @@ def run(
     up: UpOption = False,
     dashboard: DashboardOption = None,
     storage: StorageOption = None,
+    recompute: Annotated[Optional[list[str]], typer.Option(
+        "--recompute", metavar="TRIAL",
+        help="compute this trial again (its directory name under trials/, its name or its id; repeatable, or "
+             "comma-separated): its result.json is set aside, renamed, not deleted. How a damaged result is "
+             "replaced")] = None,
 ) -> None:
     """Run every trial of a suite; one result.json per trial under the run directory, MLflow runs beside."""
     _executor(executor)
+    recompute = [name for item in recompute or [] for name in item.split(",") if name]
     suite = _load(suite_file)
     try:
         specs = expand(suite, only.split(",") if only else None)
@@ -213,13 +228,13 @@ def run(
         err_console.print(f"[red]✗[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
     if cluster is not None:
-        extra = ["--methods", only] if only else []
+        extra = (["--methods", only] if only else []) + [a for n in recompute for a in ("--recompute", n)]
         _run_on_cluster("run", suite, suite_file, cluster, up=up, dashboard=dashboard, storage=storage,
                         run_dir=run_dir, runs_root=runs_root, tracking=tracking, tracking_uri=tracking_uri,
                         extra_args=[*extra, "--device", device])
     with _session(suite, suite_file, executor=executor, address=address, run_dir=run_dir, runs_root=runs_root,
-                  tracking=tracking, tracking_uri=tracking_uri, storage=storage, verbose=verbose) as (
-            run, runner, context, outcome):
+                  tracking=tracking, tracking_uri=tracking_uri, storage=storage, verbose=verbose, specs=specs,
+                  recompute=recompute) as (run, runner, context, outcome):
         _run_trials(suite, specs, run, runner, context, outcome, device=device, progress=progress)
         _print_summary(run.path)
     _write_report(run.path, outcome["storage"])
@@ -282,8 +297,8 @@ def reproduce(
         err_console.print(f"[red]✗[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
     with _session(suite, recorded.suite_file, executor=executor, address=address, run_dir=run_dir,
-                  runs_root=runs_root, tracking=tracking, tracking_uri=tracking_uri, verbose=verbose) as (
-            run, runner, context, outcome):
+                  runs_root=runs_root, tracking=tracking, tracking_uri=tracking_uri, verbose=verbose,
+                  specs=specs) as (run, runner, context, outcome):
         _run_trials(suite, specs, run, runner, context, outcome, device=device, progress=progress)
     result = rep.compare(recorded, run.path, specs, unmatched)
     for line in rep.render(result):
@@ -316,58 +331,69 @@ def evaluate(
 
     from harness import rescore as rs
     from harness.metrics import headline_values
+    from harness.run import RunDirBusy, lock_run_dir
 
-    try:
-        planned = rs.plan(run_dir, _name_list(metrics), evaluator, samples_per_class)
-    except rs.RescoreError as exc:
-        for where, what in exc.problems:
-            err_console.print(f"[red]✗[/red] {where}: {what}", highlight=False)
+    try:  # re-scoring rewrites result.json files: not while a run (or another evaluate) is writing them
+        lock = lock_run_dir(run_dir) if run_dir.is_dir() else None
+    except RunDirBusy as exc:
+        err_console.print(f"[red]✗[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
-    context = None
-    if tracking:
-        from harness import tracking as mlflow_tracking
+    try:
+        try:
+            planned = rs.plan(run_dir, _name_list(metrics), evaluator, samples_per_class)
+        except rs.RescoreError as exc:
+            for where, what in exc.problems:
+                err_console.print(f"[red]✗[/red] {where}: {what}", highlight=False)
+            raise typer.Exit(2) from None
+        context = None
+        if tracking:
+            from harness import tracking as mlflow_tracking
 
-        context = mlflow_tracking.run_dir_context(run_dir, tracking_uri)
-        if context is None:
-            console.print(f"MLflow: {run_dir} has no tracked parent run{f' in {tracking_uri}' if tracking_uri else ''}"
-                          "; the new values go to result.json only", highlight=False)
-        else:
-            try:
-                mlflow_tracking.check_tracking_server(context.tracking_uri)
-            except ConnectionError as exc:
-                err_console.print(f"[red]✗[/red] {exc}", highlight=False)
-                raise typer.Exit(2) from None
-    for name, why in planned.skipped:
-        console.print(f"[yellow]skipped[/yellow] {name}: {why}", highlight=False)
-    datasets, failed, started = rs.Datasets(), 0, time.perf_counter()
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, disable=not progress, transient=True) as bar:
-        task = bar.add_task("evaluating", total=len(planned.trials))
-        for trial in planned.trials:
-            bar.update(task, description=trial.result.name)
-            try:
-                evaluation, entry = rs.rescore(trial, datasets, device)
-            except Exception as exc:  # noqa: BLE001 - one trial's failure is reported, the others still run
-                failed += 1
-                err_console.print(f"[red]✗[/red] {trial.result.name}: {type(exc).__name__}: {exc}", highlight=False)
-                bar.advance(task)
-                continue
-            logged = ""
-            if context is not None:
+            context = mlflow_tracking.run_dir_context(run_dir, tracking_uri)
+            if context is None:
+                where = f" in {tracking_uri}" if tracking_uri else ""
+                console.print(f"MLflow: {run_dir} has no tracked parent run{where}; the new values go to result.json "
+                              "only", highlight=False)
+            else:
                 try:
-                    run_id = mlflow_tracking.log_metrics_version(context, trial.result, trial.directory,
-                                                                 evaluation.metrics, entry)
-                    logged = f", MLflow run {run_id}" if run_id else ", no MLflow child run for it (not logged)"
-                except Exception as exc:  # noqa: BLE001 - result.json holds the values whatever MLflow does
-                    logged = f", not logged to MLflow ({type(exc).__name__}: {exc})"
-            shown = " ".join(f"{k}={v:.3g}" for k, v in list(headline_values(evaluation.metrics).items())[:6])
-            console.print(f"{trial.result.name}: metrics version {entry['version']}: {shown}{logged}",
-                          highlight=False, markup=False)
-            bar.advance(task)
-    console.print(f"{len(planned.trials) - failed} of {len(planned.trials)} trials re-scored in "
-                  f"{time.perf_counter() - started:.1f} s", highlight=False)
-    _write_report(run_dir)
-    raise typer.Exit(1 if failed else 0)
+                    mlflow_tracking.check_tracking_server(context.tracking_uri)
+                except ConnectionError as exc:
+                    err_console.print(f"[red]✗[/red] {exc}", highlight=False)
+                    raise typer.Exit(2) from None
+        for name, why in planned.skipped:
+            console.print(f"[yellow]skipped[/yellow] {name}: {why}", highlight=False)
+        datasets, failed, started = rs.Datasets(), 0, time.perf_counter()
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console, disable=not progress, transient=True) as bar:
+            task = bar.add_task("evaluating", total=len(planned.trials))
+            for trial in planned.trials:
+                bar.update(task, description=trial.result.name)
+                try:
+                    evaluation, entry = rs.rescore(trial, datasets, device)
+                except Exception as exc:  # noqa: BLE001 - one trial's failure is reported, the others still run
+                    failed += 1
+                    err_console.print(f"[red]✗[/red] {trial.result.name}: {type(exc).__name__}: {exc}", highlight=False)
+                    bar.advance(task)
+                    continue
+                logged = ""
+                if context is not None:
+                    try:
+                        run_id = mlflow_tracking.log_metrics_version(context, trial.result, trial.directory,
+                                                                     evaluation.metrics, entry)
+                        logged = f", MLflow run {run_id}" if run_id else ", no MLflow child run for it (not logged)"
+                    except Exception as exc:  # noqa: BLE001 - result.json holds the values whatever MLflow does
+                        logged = f", not logged to MLflow ({type(exc).__name__}: {exc})"
+                shown = " ".join(f"{k}={v:.3g}" for k, v in list(headline_values(evaluation.metrics).items())[:6])
+                console.print(f"{trial.result.name}: metrics version {entry['version']}: {shown}{logged}",
+                              highlight=False, markup=False)
+                bar.advance(task)
+        console.print(f"{len(planned.trials) - failed} of {len(planned.trials)} trials re-scored in "
+                      f"{time.perf_counter() - started:.1f} s", highlight=False)
+        _write_report(run_dir)
+        raise typer.Exit(1 if failed else 0)
+    finally:
+        if lock is not None:
+            lock.close()
 
 
 @app.command()

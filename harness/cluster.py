@@ -17,8 +17,9 @@
    provider) needs no storage: the job writes the local run directory itself.
 
 The dashboard address is ``--dashboard URL`` if given, else ``http://<head IP>:<port>`` with the port from the head's
-``ray start --dashboard-port`` in FILE (default 8265). Cloud heads usually do not expose that port: forward it with
-``ray dashboard FILE`` and pass ``--dashboard http://127.0.0.1:8265``.
+``ray start --dashboard-port`` in FILE (default 8265). The dashboard accepts Ray Jobs — code — from anyone who reaches
+it, without a password, so ``ray_cluster.yaml`` binds it to the head's 127.0.0.1: forward it with
+``ray dashboard FILE`` (SSH) and pass ``--dashboard http://127.0.0.1:8265``; the connection error says so.
 """
 
 from __future__ import annotations
@@ -275,7 +276,10 @@ def submit_and_follow(dashboard: str, request: JobRequest, *, echo: Callable[[st
     try:
         client = JobSubmissionClient(dashboard)
     except Exception as exc:  # noqa: BLE001 - connection, auth and version errors all land here
-        raise ConnectionError(f"cannot reach the Ray dashboard at {dashboard}: {exc}") from None
+        raise ConnectionError(
+            f"cannot reach the Ray dashboard at {dashboard}: {exc}. A head started with `--dashboard-host=127.0.0.1` "
+            "(ray_cluster.yaml: the dashboard runs any job it is sent, so it is not exposed) is reached through SSH: "
+            "run `ray dashboard CLUSTER_FILE` in another shell and pass --dashboard http://127.0.0.1:8265") from None
     deadline = time.monotonic() + submit_wait_s
     while True:
         try:

@@ -148,8 +148,10 @@ def _sample_differences(recorded: Path, new: Path) -> list[str]:
         return [f"samples.pt {'not recorded' if not recorded.is_file() else 'missing now'}"]
     import torch
 
-    a, b = torch.load(recorded, weights_only=True), torch.load(new, weights_only=True)
-    same = a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
+    from harness.files import load_samples
+
+    a, b = load_samples(recorded), load_samples(new)
+    same = all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
     return [] if same else ["samples.pt"]
 
 

@@ -86,9 +86,10 @@ def load_samples(path: Path) -> LabeledImages:
 
     from harness.api import LabeledImages
 
-    stored = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(stored, dict) or "images" not in stored or "labels" not in stored:
-        raise ValueError(f"{path}: not a samples file (expected images and labels)")
+    from harness.files import load_samples as read_samples
+    from harness.results import recompute_advice
+
+    stored = read_samples(path, advice=recompute_advice(Path(path).parent))
     images = stored["images"]
     images = images.float().div(255) if images.dtype == torch.uint8 else images.float()
     return LabeledImages(images, stored["labels"].long())

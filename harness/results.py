@@ -16,12 +16,28 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness.files import DamagedFile, read_json, write_text
 from harness.metrics.value import MetricValue, metrics_from_json, metrics_to_json
 
 if TYPE_CHECKING:
     from harness.suite import TrialSpec
 
 RESULT_FILE = "result.json"
+CHECKPOINT_FILE = "checkpoint.pt"  # an in-process trial's latest resumable state (harness.trial.FileCheckpoint)
+STATUSES = ("running", "ok", "failed", "stopped")
+# the type each field must have on disk: a result.json edited or damaged into another shape is named, not half-used
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "trial_id": str, "name": str, "status": str, "spec": dict, "metrics": dict, "losses": list, "final_losses": dict,
+    "provenance": dict, "wall_times": dict, "artifacts": dict, "error": (str, type(None)), "evaluations": list,
+    "metric_versions": list,
+}
+
+
+def recompute_advice(trial_dir: str | Path) -> str:
+    """What to do about a damaged result: the two ways that never lose a finished result silently."""
+    name = Path(trial_dir).name
+    return (f"run the suite again with `--recompute {name}` to set the file aside and compute that trial again, or "
+            f"move the file away yourself")
 
 
 @dataclass
@@ -74,6 +90,12 @@ class TrialResult:
                          and f.default is MISSING and f.default_factory is MISSING)
         if missing:
             raise ValueError(f"{source}: missing field(s) {', '.join(missing)}")
+        wrong = [f"{key} (a {type(data[key]).__name__})" for key, kind in _FIELD_TYPES.items()
+                 if key in data and not isinstance(data[key], kind)]
+        if wrong:
+            raise ValueError(f"{source}: field(s) of the wrong type: {', '.join(wrong)}")
+        if data["status"] not in STATUSES:
+            raise ValueError(f"{source}: status {data['status']!r} is not one of {', '.join(STATUSES)}")
         try:
             metrics = metrics_from_json(data.get("metrics") or {})
         except ValueError as exc:
@@ -82,20 +104,32 @@ class TrialResult:
 
     @classmethod
     def load(cls, path: str | Path) -> TrialResult:
+        """The result in ``path``; :class:`DamagedFile` (naming the file, with :func:`recompute_advice`) when it is
+        not a result: cut short, not JSON, a field missing or of the wrong type."""
         path = Path(path)
+        advice = recompute_advice(path.parent)
+        data = read_json(path, advice=advice)
         try:
-            data = json.loads(path.read_text())
+            return cls.from_dict(data, str(path))
         except ValueError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from None
-        return cls.from_dict(data, str(path))
+            problem = str(exc).removeprefix(f"{path}: ")
+            raise DamagedFile(path, problem, advice) from None
+
+    @classmethod
+    def parse(cls, text: str, source: str) -> TrialResult:
+        """:meth:`load` for a result read from somewhere else (shared storage): ``source`` names it in the error."""
+        advice = recompute_advice(Path(source).parent)
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise DamagedFile(source, f"is not valid JSON, cut short or overwritten ({exc})", advice) from None
+        try:
+            return cls.from_dict(data, source)
+        except ValueError as exc:
+            raise DamagedFile(source, str(exc).removeprefix(f"{source}: "), advice) from None
 
     def write(self, trial_dir: Path) -> Path:
-        trial_dir.mkdir(parents=True, exist_ok=True)
-        path = trial_dir / RESULT_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)  # atomic: a reader never sees half a result
-        return path
+        return write_text(Path(trial_dir) / RESULT_FILE, self.to_json())  # atomic: never half a result
 
 
 def trial_dir_for(run_dir: Path, spec: TrialSpec) -> Path:

@@ -9,6 +9,7 @@ is called.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -26,8 +27,9 @@ from harness.api import (
 )
 from harness.callbacks import TrialCallback, TrialInfo, TrialStopped, call_all, wants
 from harness.data import Dataset, FewShotSplit, load_dataset, make_split
+from harness.files import DamagedFile, load_tensors, save_samples, save_tensors, set_aside
 from harness.registry import METHODS
-from harness.results import RESULT_FILE, TrialResult, trial_dir_for
+from harness.results import CHECKPOINT_FILE, RESULT_FILE, TrialResult, trial_dir_for
 from harness.runtime import derive_seed, git_commit, host_facts, package_versions, resolve_device, seed_everything
 from harness.suite import TrialSpec
 
@@ -36,8 +38,8 @@ __all__ = [
     "TrialResult", "TrialStopped", "run_trial", "split_for", "trial_dir_for",
 ]
 
-CHECKPOINT_FILE = "checkpoint.pt"
 SAMPLES_FILE = "samples.pt"
+log = logging.getLogger(__name__)
 SAMPLE_CHUNK = 500
 
 
@@ -67,16 +69,29 @@ class FileCheckpoint(TrialCallback):
     def __init__(self, trial_dir: Path) -> None:
         self.path = Path(trial_dir) / CHECKPOINT_FILE
 
-    def load(self, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
-        if not self.path.exists():
-            return None
-        return torch.load(self.path, map_location=map_location, weights_only=False)
+    def load(self) -> dict[str, Any] | None:
+        """The saved state (tensors on the CPU, loaded without unpickling code), or None: none saved, or a damaged
+        one — derived data, so it is set aside with a warning naming it and the trial starts from step 0."""
+        return load_checkpoint(self.path)
 
     def on_checkpoint(self, trial: TrialInfo, state: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.path)
+        save_tensors(self.path, state)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any] | None:
+    """A trial state saved by :func:`~harness.files.save_tensors` at ``path``, or None (missing, or damaged: set
+    aside with a warning, the trial restarts)."""
+    if not Path(path).exists():
+        return None
+    try:
+        state = load_tensors(path)
+        if not isinstance(state, dict) or "model" not in state:
+            raise DamagedFile(path, "is not a trial state (no 'model' entry)")
+    except DamagedFile as exc:
+        kept = set_aside(path, "damaged")
+        log.warning("%s; the trial starts again from step 0 (the file is kept as %s)", exc, kept.name)
+        return None
+    return state
 
 
 @contextmanager
@@ -407,9 +422,7 @@ def _save_artifacts(spec: TrialSpec, split: FewShotSplit, samples: LabeledImages
         save_grid(samples, spec.novel_classes, per_class, trial_dir / "samples.png")
         save_grid(split.task.novel, spec.novel_classes, min(per_class, spec.shots), trial_dir / "shots.png")
         artifacts.update(samples="samples.png", shots="shots.png")
-    # uint8 keeps every sample for re-evaluation at a quarter of the float size
-    torch.save({"images": (samples.images * 255).round().to(torch.uint8), "labels": samples.labels},
-               trial_dir / SAMPLES_FILE)
+    save_samples(trial_dir / SAMPLES_FILE, samples.images, samples.labels)  # every sample, for re-evaluation
     artifacts["samples_tensor"] = SAMPLES_FILE
     return artifacts
 

@@ -79,3 +79,47 @@ def test_run_refuses_to_start_without_a_needed_weights_file_and_validate_warns(t
     assert out.returncode == 2
     assert "vgg16-397923af.pth" in out.stderr and "missing.pth" in out.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_damaged_result_stops_the_run_by_name_until_recomputed_and_a_busy_run_dir_is_refused(tmp_path):
+    smoke, run_dir = str(ROOT / "suites" / "smoke.yaml"), tmp_path / "run"
+    common = ("--executor", "inprocess", "--methods", "dcgan", "--run-dir", str(run_dir), "--no-progress",
+              "--no-tracking")
+    first = harness("run", smoke, *common)
+    assert first.returncode == 0, first.stdout + first.stderr
+    [path] = run_dir.glob("trials/*/result.json")
+    original = json.loads(path.read_text())
+    damaged = path.read_text()[:100]  # a copy interrupted, a full disk
+    path.write_text(damaged)
+
+    stopped = harness("run", smoke, *common)
+    assert stopped.returncode == 2 and "Traceback" not in stopped.stderr
+    assert f"{path}: is not valid JSON" in stopped.stderr and f"--recompute {path.parent.name}" in stopped.stderr
+    assert "Nothing was run" in stopped.stderr and path.read_text() == damaged  # nothing recomputed or overwritten
+
+    unknown = harness("run", smoke, *common, "--recompute", "dcgan-5shot-seed9")
+    assert unknown.returncode == 2 and "names no trial of this suite; did you mean dcgan-5shot-seed0" in unknown.stderr
+
+    recomputed = harness("run", smoke, *common, "--recompute", "dcgan-5shot-seed0")
+    assert recomputed.returncode == 0, recomputed.stdout + recomputed.stderr
+    [kept] = path.parent.glob("result.json.recompute-*")
+    assert kept.read_text() == damaged  # the damaged file is kept, renamed
+    again = json.loads(path.read_text())
+    assert again["status"] == "ok" and again["metrics"] == original["metrics"]  # same machine: the same numbers
+
+    holder = subprocess.Popen(  # another invocation holding the run directory
+        [sys.executable, "-c", "import sys; from pathlib import Path; from harness.run import lock_run_dir; "
+         f"h = lock_run_dir(Path({str(run_dir)!r})); print('locked', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        busy = harness("run", smoke, *common)
+        assert busy.returncode == 2 and "Traceback" not in busy.stderr
+        assert f"{run_dir} is in use by another harness invocation (pid {holder.pid} on" in busy.stderr
+    finally:
+        holder.communicate("")  # ends it: the kernel releases its lock
+    (run_dir / "run.json").write_text("{")  # derived: rewritten with a warning, the results still count
+    free = harness("run", smoke, *common)
+    assert free.returncode == 0 and "1 already finished" in free.stdout, free.stdout + free.stderr
+    assert "run.json: is not valid JSON" in free.stderr and len(list(run_dir.glob("run.json.damaged-*"))) == 1
+    assert json.loads((run_dir / "run.json").read_text())["suite"] == "smoke"

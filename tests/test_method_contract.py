@@ -28,6 +28,7 @@ import pytest
 import torch
 
 from harness.api import Budget, FewShotTask, GenerativeMethod, LabeledImages, NullHooks, TrialDiverged
+from harness.files import load_tensors, save_tensors
 from harness.registry import METHODS, Registry
 
 SHAPE = (1, 28, 28)
@@ -238,9 +239,11 @@ def test_state_dict_is_a_snapshot_that_a_new_instance_samples_from_identically(c
     assert differences(restored.state_dict(), state) == []
 
 
-def test_a_resumed_fit_equals_the_uninterrupted_one(case):
+def test_a_resumed_fit_equals_the_uninterrupted_one(case, tmp_path):
     """Interrupted after 3 of 5 steps, by a checkpoint in step_end or by a smaller budget, then resumed in a new
-    instance: the same steps, losses, info, final state and samples as one uninterrupted fit. (The interruption falls
+    instance from that checkpoint written to a file and loaded back the way the harness does (``weights_only``: a
+    state holding anything but tensors and plain values could not be resumed from): the same steps, losses, info,
+    final state and samples as one uninterrupted fit. (The interruption falls
     inside one of GLICO's epochs, 6 images in batches of 4; MetaCGAN's batch source is in the info and step 4 is a
     base step again, N_c = 4.)"""
     interrupted_after, total = 3, 5
@@ -253,7 +256,7 @@ def test_a_resumed_fit_equals_the_uninterrupted_one(case):
     assert differences(stopped.state_dict(), straight_hooks.state) == []  # the same state, whichever way it was taken
 
     resumed, hooks = make(case), NullHooks()
-    resumed.load_state_dict(straight_hooks.state)
+    resumed.load_state_dict(load_tensors(save_tensors(tmp_path / "checkpoint.pt", straight_hooks.state)))
     resumed.fit(task, budget(total), hooks)
     assert [r[0] for r in hooks.records] == list(range(interrupted_after, total))
     assert hooks.records == straight_hooks.records[interrupted_after:]

@@ -32,8 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from ray.tune import Callback
 
 from harness.api import TrialDiverged
@@ -41,9 +39,10 @@ from harness.callbacks import TrialCallback, TrialInfo, TrialStopped, call_all
 from harness.data import Dataset
 from harness.executors.base import Executor
 from harness.executors.common import dataset_key, prepare
+from harness.files import DamagedFile, save_tensors
 from harness.results import RESULT_FILE, TrialResult, trial_dir_for
 from harness.suite import TrialSpec
-from harness.trial import IntermediateEvaluation, run_trial
+from harness.trial import IntermediateEvaluation, load_checkpoint, run_trial
 
 if TYPE_CHECKING:
     from harness.console import RunProgress
@@ -72,7 +71,7 @@ def _previous_result(trial_dir: Path, storage: RunStorage | None) -> TrialResult
     """The result a finished earlier invocation left (in shared storage if given: this node may never have seen it)."""
     if storage is not None:
         text = storage.read_text(f"trials/{trial_dir.name}/{RESULT_FILE}")
-        return TrialResult.from_dict(json.loads(text), f"trials/{trial_dir.name}/{RESULT_FILE}") if text else None
+        return TrialResult.parse(text, f"{storage.root}/trials/{trial_dir.name}/{RESULT_FILE}") if text else None
     path = trial_dir / RESULT_FILE
     return TrialResult.load(path) if path.exists() else None
 
@@ -130,7 +129,7 @@ class TuneReporter(TrialCallback):
         from ray import tune
 
         with tempfile.TemporaryDirectory() as directory:
-            torch.save(state, Path(directory) / STATE_FILE)
+            save_tensors(Path(directory) / STATE_FILE, state)
             step = state["losses"][-1]["step"] if state.get("losses") else -1
             self.report(step, checkpoint=tune.Checkpoint.from_directory(directory))
 
@@ -161,7 +160,7 @@ def tune_trainable(config: dict[str, Any], datasets: dict[str, Dataset], run_dir
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            restore = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
+            restore = load_checkpoint(Path(directory) / STATE_FILE)  # no code from the file; damaged: step 0
 
     reporter = TuneReporter(spec, node_id)
     callbacks: list[TrialCallback] = [reporter]
@@ -236,7 +235,11 @@ class DriverCallback(Callback):
         if self.storage is not None:
             self.storage.download(f"trials/{state.trial_dir.name}", state.trial_dir)
         path = state.trial_dir / RESULT_FILE
-        result = TrialResult.load(path) if path.exists() else None
+        try:
+            result = TrialResult.load(path) if path.exists() else None
+        except DamagedFile as exc:  # not this run's doing (it writes atomically): say so, count it as unfinished
+            log.error("%s", exc)
+            result = None
         if result is None or result.status == "running":
             self._pending[trial.trial_id] = (trial, why)
             return
@@ -435,8 +438,14 @@ def _fit(
 
 
 def _read_results(run_dir: Path, specs: list[TrialSpec]) -> list[TrialResult]:
-    paths = [trial_dir_for(run_dir, spec) / RESULT_FILE for spec in specs]
-    return [TrialResult.load(p) for p in paths if p.exists()]
+    results = []
+    for path in (trial_dir_for(run_dir, spec) / RESULT_FILE for spec in specs):
+        try:
+            if path.exists():
+                results.append(TrialResult.load(path))
+        except DamagedFile as exc:  # logged by the driver when its trial ended; counted as unfinished
+            log.error("%s", exc)
+    return results
 
 
 def run_ray(

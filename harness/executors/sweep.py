@@ -40,6 +40,11 @@ if TYPE_CHECKING:
     from harness.tracking import TrackingContext
 
 SWEEP_EXPERIMENT = "sweep"
+# the packages whose classes the searcher's snapshot (save/restore) may build: its Optuna sampler and distributions,
+# Ray's searcher base state (NumPy arrays and random states are allowed by harness.files itself)
+_SEARCHER_MODULES = ("optuna", "ray.tune.search", "harness.executors.sweep")
+_SEARCHER_FUNCTIONS = tuple(("optuna.samplers._tpe.sampler", f) for f in ("default_weights", "default_gamma",
+                                                                             "hyperopt_default_gamma"))
 log = logging.getLogger(__name__)
 
 
@@ -156,8 +161,13 @@ class FinalMetricOptunaSearch(OptunaSearch):
             pickle.dump(self.__getstate__(), handle)
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as handle:
-            self.__setstate__(pickle.load(handle))
+        """Read back what :meth:`save` wrote, with only Optuna's, Ray's search and NumPy's classes importable
+        (:func:`~harness.files.load_checked_pickle`): a snapshot in shared storage crafted to run code is refused."""
+        from harness.files import load_checked_pickle
+
+        state = load_checked_pickle(checkpoint_path, _SEARCHER_MODULES, _SEARCHER_FUNCTIONS,
+                                    advice="delete the sweep's Tune experiment (ray/sweep) to start its search again")
+        self.__setstate__(state)
 
 
 @dataclass(frozen=True)

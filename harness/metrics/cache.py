@@ -7,7 +7,8 @@ Layout under the cache root (``$FEWSHOT_CACHE`` or ``~/.cache/fewshot-harness``)
     references/<key>.pt             held-out real features/logits of one split for one evaluator
     baselines/<key>.json            downstream-accuracy baselines (real only, classic augmentation) of one split
 
-Every file is written to a temporary name and renamed, so a reader never sees half a file; concurrent trials that
+Every file is written to a temporary name and renamed (:mod:`harness.files`), so a reader never sees half a file;
+a damaged entry is a miss, recomputed with a :class:`CacheEntryDamaged` warning naming it; concurrent trials that
 would compute the same entry serialise on a lock file (POSIX ``flock``; elsewhere they simply both compute it).
 """
 
@@ -17,14 +18,18 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
+from harness import files
 
 CACHE_ENV = "FEWSHOT_CACHE"
+
+
+class CacheEntryDamaged(UserWarning):
+    """A cache file could not be read back; it is recomputed and replaced."""
 
 
 def cache_root(override: str | Path | None = None) -> Path:
@@ -46,49 +51,36 @@ def stable_hash(record: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _atomic(path: Path) -> tuple[Path, Any]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; cache entries are ordinary readable files
-    return Path(tmp), fd
-
-
 def write_json(path: Path, data: Any) -> None:
-    tmp, fd = _atomic(path)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True, default=str)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    files.write_json(path, data)
 
 
 def read_json(path: Path) -> Any | None:
-    """The JSON in ``path``, or None when it is missing or unreadable (a broken cache entry is a miss)."""
+    """The JSON in ``path``, or None when it is missing or damaged (a damaged entry is a miss: recomputed and
+    overwritten, with a warning naming it)."""
+    if not path.exists():
+        return None
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        return files.read_json(path)
+    except files.DamagedFile as exc:
+        warnings.warn(f"cache entry {exc}; it is computed again", CacheEntryDamaged, stacklevel=2)
         return None
 
 
 def write_tensors(path: Path, data: dict[str, Any]) -> None:
-    """``torch.save`` of tensors and plain values only, so that loading needs no pickle of code."""
-    tmp, fd = _atomic(path)
-    os.close(fd)
-    try:
-        torch.save(data, tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Tensors and plain values only (:func:`harness.files.save_tensors`), so that loading needs no pickle of code."""
+    files.save_tensors(path, data)
 
 
 def read_tensors(path: Path) -> dict[str, Any] | None:
-    """What :func:`write_tensors` wrote (``weights_only`` loading), or None when missing or unreadable."""
+    """What :func:`write_tensors` wrote (``weights_only`` loading), or None when missing or damaged (recomputed,
+    with a warning naming the file)."""
     if not path.exists():
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - a corrupt cache entry is a miss, it gets recomputed and overwritten
+        return files.load_tensors(path)
+    except files.DamagedFile as exc:
+        warnings.warn(f"cache entry {exc}; it is computed again", CacheEntryDamaged, stacklevel=2)
         return None
 
 

@@ -57,7 +57,9 @@ def grid_from_tensor(path: Path, classes: list[int], per_class: int = 8) -> byte
     import torch
     from torchvision.utils import save_image
 
-    data = torch.load(path, map_location="cpu", weights_only=True)
+    from harness.files import load_samples
+
+    data = load_samples(path)
     rows = [data["images"][data["labels"] == c][:per_class] for c in classes]
     if not rows or any(len(r) == 0 for r in rows):
         return None

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness.files import DamagedFile, read_json_object, set_aside, write_json
 from harness.runtime import git_commit, package_versions
 from harness.tracking.params import (
     NOT_APPLICABLE, SPLIT_PARAMS, _param_value, flatten, mlflow_key, spec_params, suite_param_keys,
@@ -142,18 +143,22 @@ def _file_sha256(path: Path) -> str:
 
 
 def _read_tracking_file(run_dir: Path) -> dict[str, Any]:
+    """The run directory's record of its MLflow runs, or {} when there is none. A damaged one is set aside with a
+    warning (the run then gets a new parent run; the old one stays in MLflow, findable by the run directory's tag)."""
     path = Path(run_dir) / TRACKING_FILE
+    if not path.exists():
+        return {}
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        return read_json_object(path)
+    except DamagedFile as exc:
+        kept = set_aside(path, "damaged")
+        log.warning("%s; MLflow tracking starts a new parent run for this run directory (the damaged file is kept "
+                    "as %s)", exc, kept.name)
         return {}
 
 
 def _write_tracking_file(run_dir: Path, data: dict[str, Any]) -> None:
-    path = Path(run_dir) / TRACKING_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    tmp.replace(path)
+    write_json(Path(run_dir) / TRACKING_FILE, data)
 
 
 def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:

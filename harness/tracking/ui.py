@@ -55,6 +55,24 @@ def _mark_experiment(run_dir: Path, uri: str) -> str | None:
     return str(experiment_id)
 
 
+def exposure_warning(host: str, server: str, what: str) -> str | None:
+    """What binding ``host`` exposes, when it is not this machine only (None for loopback): said whenever a server
+    the harness starts is told to listen beyond 127.0.0.1, since none of them authenticates its users."""
+    import ipaddress
+
+    if host in ("localhost", ""):
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:  # a host name: it resolves to some interface, possibly a public one
+        pass
+    reach = "every network this machine is on" if host in ("0.0.0.0", "::") else f"every machine that reaches {host}"
+    return (f"warning: {server} listens on {host}: {reach} can {what}, without a password. Bind 127.0.0.1 and use "
+            "an SSH tunnel (ssh -L PORT:127.0.0.1:PORT) to reach it from elsewhere, or keep it inside a private "
+            "network.")
+
+
 def serve_ui(run_dir: Path | None, port: int = 5000, host: str = "127.0.0.1") -> None:
     """Start the MLflow UI on the store of ``run_dir`` (default: ``$MLFLOW_TRACKING_URI`` if it is a local store,
     else the newest run directory under ``runs/``), print its URL and serve until Ctrl+C."""
@@ -92,6 +110,9 @@ def serve_ui(run_dir: Path | None, port: int = 5000, host: str = "127.0.0.1") ->
     base = f"http://{shown}:{port}"
     url = experiment_url(base, experiment_id) if experiment_id else base
     print(f"MLflow UI for {uri}: {url}  (Ctrl+C stops it)", flush=True)
+    exposure = exposure_warning(host, "the MLflow UI", "read, edit and delete every run and artifact of this store")
+    if exposure:
+        print(exposure, file=sys.stderr, flush=True)
     previous = None
     if threading.current_thread() is threading.main_thread():  # `kill` stops the server too, not only Ctrl+C
         previous = signal.signal(signal.SIGTERM, _interrupt)

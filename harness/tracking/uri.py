@@ -74,8 +74,10 @@ def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
         reason = getattr(exc, "reason", exc)
         raise ConnectionError(
             f"cannot reach the MLflow tracking server at {uri}: {reason}. Start it (`mlflow server "
-            "--backend-store-uri sqlite:///mlflow.db --host 0.0.0.0 --port 5000`), fix --tracking-uri / "
-            "MLFLOW_TRACKING_URI, or leave both unset to track into the run directory.") from None
+            "--backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000`; for other machines to log to it, "
+            "bind an address of a private network instead of 127.0.0.1 — the server has no password, so whoever "
+            "reaches the port can read and delete every run), fix --tracking-uri / MLFLOW_TRACKING_URI, or leave "
+            "both unset to track into the run directory.") from None
     if body and body.upper() != "OK":
         raise ConnectionError(f"{uri} answered {body[:80]!r} on /health, not an MLflow tracking server")
 
