@@ -190,6 +190,17 @@ class GenerativeMethod(abc.ABC):
     # whether ``budget.epochs`` means something to this method (it overrides ``steps_per_epoch``); suite validation
     # refuses an epoch budget for the others
     supports_epochs: ClassVar[bool] = False
+    # every later change of a ``Config`` default: version -> the fields whose default changed. Trial ids hash the
+    # entry's params, not the resolved config, so without this a bare entry would keep its id (and a resumed run would
+    # reuse its old results) while it means something else; see :meth:`defaults_version`
+    default_changes: ClassVar[dict[int, tuple[str, ...]]] = {}
+
+    @classmethod
+    def defaults_version(cls, params: dict[str, Any]) -> int:
+        """The defaults version a trial with ``params`` runs under: the newest change of a default it does not set
+        itself (1 when it sets all of them, or none changed), hashed into its trial id when above 1."""
+        return max((version for version, changed in cls.default_changes.items()
+                    if any(name not in params for name in changed)), default=1)
 
     def __init__(
         self,

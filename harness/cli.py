@@ -583,9 +583,15 @@ def _run_on_cluster(command: str, suite, suite_file: Path, cluster_file: Path, *
 def _print_summary(run_dir: Path) -> None:
     from harness.results import RESULT_FILE, TrialResult
 
+    from harness.files import DamagedFile
+
     table = Table("trial", "status", "fit s", "final losses", "metrics")
     for path in sorted(run_dir.glob(f"trials/*/{RESULT_FILE}")):
-        r = TrialResult.load(path)
+        try:
+            r = TrialResult.load(path)
+        except DamagedFile as exc:  # a trial of another suite version left in trials/: named, not a traceback
+            table.add_row(path.parent.name, f"[red]damaged[/red]: {exc.problem}", "", "", "")
+            continue
         losses = " ".join(f"{k}={v:.3f}" for k, v in r.final_losses.items())
         shown = headline_text(r, limit=len(r.metrics))
         status = {"ok": "[green]ok[/green]", "stopped": f"[yellow]stopped[/yellow]: {r.error}"}.get(

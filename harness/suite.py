@@ -253,6 +253,9 @@ class TrialSpec(pydantic.BaseModel):
     split: int = pydantic.Field(0, ge=0, description="which class partition (0: the protocol's own)")
     data: Literal["few", "full"] = pydantic.Field(
         "few", description="few: `shots` training images per novel class; full: all of them, an oracle reference")
+    method_defaults: int = pydantic.Field(
+        1, ge=1, description="the method's defaults version for these params (GenerativeMethod.defaults_version): "
+        "a trial left to a default that has since changed gets a new id")
 
     @property
     def reference(self) -> bool:
@@ -279,7 +282,8 @@ class TrialSpec(pydantic.BaseModel):
 # fields added to a dump after version 1, with their defaults: hashed only when set (earlier hashes stay valid)
 _EVALUATION_ADDED = {("evaluation", key): default for key, default in EVALUATION_ADDED_FIELDS.items()}
 # (a "*" in a nested key stands for every element of a list)
-_SPEC_ADDED = {"selection": "none", "split": 0, "data": "few", ("budget", "epochs"): None, **_EVALUATION_ADDED}
+_SPEC_ADDED = {"selection": "none", "split": 0, "data": "few", "method_defaults": 1, ("budget", "epochs"): None,
+               **_EVALUATION_ADDED}
 _SUITE_ADDED = {("protocol", "validation_classes"): [], ("protocol", "class_splits"): None,
                 ("protocol", "score_on"): "test", ("sweep", "select_on"): "validation",
                 ("methods", "*", "data"): "few", ("budget", "epochs"): None,
@@ -664,12 +668,14 @@ def trial_spec(suite: Suite, entry: MethodEntry, shots: int, seed: int, params: 
     partition (:func:`class_partitions`)."""
     info = dataset_info(suite.dataset)
     partition = class_partitions(suite, info)[split]
+    params = {**entry.params, **(params or {})}
     return TrialSpec(
         suite=suite.name,
         suite_version=suite.version,
         method=entry.name,
         label=entry.display,
-        params={**entry.params, **(params or {})},
+        params=params,
+        method_defaults=METHODS.get(entry.name).defaults_version(params) if entry.name in METHODS else 1,
         dataset=suite.dataset,
         base_classes=partition.base,
         novel_classes=partition.novel,

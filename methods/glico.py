@@ -533,6 +533,7 @@ class GLICO(GenerativeMethod):
     Config = GLICOConfig
     conditional = True
     supports_epochs = True  # the official schedule counts epochs (steps_per_epoch)
+    default_changes = {2: ("schedule",)}  # the official schedule became the default (was the long one)
     description = ("GLICO (Azuri & Weinshall 2020): per-image latent codes + generator learnt by perceptual "
                    "reconstruction and classification; samples by slerp between same-class codes")
 

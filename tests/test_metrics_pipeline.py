@@ -8,6 +8,7 @@ checked by the slow test at the end. Every cache lives in a temporary ``$FEWSHOT
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -128,6 +129,20 @@ def test_evaluator_cache_loads_instead_of_training_and_is_keyed_by_the_dataset(c
     images = tiny_mnist.test.images[:16]
     assert torch.equal(first.extract(images)[1], second.extract(images)[1])
     assert get_domain_classifier(tiny_mnist, "cpu", settings=settings).cache_status == "memory"
+
+    from harness.files import load_tensors, save_tensors
+    from harness.metrics.cache import CacheEntryDamaged
+
+    assert sidecar["weights_sha256"] == hashlib.sha256(Path(first.path).read_bytes()).hexdigest()
+    edited = load_tensors(first.path)  # same hash inside, other weights: a replaced file, not this classifier
+    edited["state_dict"] = {k: v + 1 if v.is_floating_point() else v for k, v in edited["state_dict"].items()}
+    save_tensors(first.path, edited)
+    evaluator_module.clear_memory_cache()
+    with pytest.warns(CacheEntryDamaged, match=r"domain-.*\.pt: does not have the sha256 recorded.*trained again"):
+        retrained = get_domain_classifier(tiny_mnist, "cpu", settings=settings)
+    assert retrained.cache_status == "trained" and len(calls) == 2
+    assert torch.equal(retrained.extract(images)[1], first.extract(images)[1])  # deterministic: the same network
+    calls.pop()
 
     changed = dataclasses.replace(tiny_mnist, fingerprint=tiny_mnist.fingerprint + "-changed")
     third = get_domain_classifier(changed, "cpu", settings=settings)

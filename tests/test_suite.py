@@ -239,8 +239,10 @@ def test_shipped_suites_validate(path):
 # comparing suite hashes and trial directories are named by trial id: a change here orphans every existing run.
 PINNED_HASHES = {
     # the ASHA sweep record now says it chose on test images (select_on: test); the default suite got validation
-    # classes: both suite hashes moved, their trial ids did not
-    "reports/fewshot_mnist_sweep_asha/suite.yaml": ("a9cbb66414f6", "e02cce127cdb2643"),
+    # classes: both suite hashes moved, their trial ids did not. The record's bare `glico` entry (then the long
+    # schedule) is now GLICO defaults version 2 (the official schedule): its trial ids moved (were e02cce127cdb2643),
+    # so re-running the record no longer passes off the new default's results as the old ones
+    "reports/fewshot_mnist_sweep_asha/suite.yaml": ("a9cbb66414f6", "0bc35f598c282e40"),
     "suites/ablation_metacgan_nc.yaml": ("9194b33d3976", "38ca40d5eb10ac90"),
     "suites/bench_bf16.yaml": ("88246848be54", "8b389c5d9fe3b52f"),
     # the copy/augment baselines and the full-data references joined these four (ADDED_ENTRIES, out of the trial-id
@@ -461,3 +463,25 @@ def test_random_splits_need_room_for_base_classes():
     assert [loc for loc, _ in problems] == ["protocol.class_splits.novel_count"]
     problems = _problems(_with("protocol.class_splits", {"random": 20, "novel_count": 4}))  # only 4 more exist
     assert [loc for loc, _ in problems] == ["protocol.class_splits.random"]
+
+
+def test_a_changed_method_default_changes_the_ids_of_the_trials_left_to_it_only():
+    """GLICO's default schedule changed (defaults version 2): an entry that leaves `schedule` unset means something
+    else than before and gets a new id; one that sets it keeps its id (every shipped suite sets it: pinned above)."""
+    from harness.registry import METHODS
+    from harness.suite import TrialSpec
+
+    glico = METHODS.get("glico")
+    assert glico.defaults_version({}) == 2 and glico.defaults_version({"schedule": "long"}) == 1
+    assert METHODS.get("dcgan").defaults_version({}) == 1
+
+    def first(params):
+        text = (SUITES / "smoke.yaml").read_text().replace("  - {name: dcgan, params: {width: 16}}\n", "").replace(
+            "  - {name: cgan, params: {width: 16}}", f"  - {{name: glico, params: {params}}}")
+        return expand(parse_suite(yaml.safe_load(text)))[0]
+
+    bare, pinned = first("{}"), first("{schedule: official}")
+    assert bare.method_defaults == 2 and pinned.method_defaults == 1
+    as_before = bare.model_copy(update={"method_defaults": 1})  # what the bare entry hashed to before the change
+    assert bare.trial_id != as_before.trial_id
+    assert TrialSpec.model_validate(bare.model_dump(mode="json")).trial_id == bare.trial_id

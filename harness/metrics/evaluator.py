@@ -289,6 +289,25 @@ def load_domain_classifier_file(path: str | Path) -> tuple[DomainClassifierNet, 
     return _net_from_state(state), dict(state["architecture"])
 
 
+def _weights_match(weights: Path, state: dict[str, Any], meta: dict[str, Any], key: str) -> bool:
+    """Whether a cached classifier is the one its sidecar describes: the state's own hash is the key, and the file's
+    sha256 is the one recorded when it was trained (entries of earlier versions record none). A mismatch — a file
+    replaced or edited — is a damaged entry: retrained, with a warning naming it."""
+    import warnings
+
+    from harness.metrics.cache import CacheEntryDamaged
+
+    recorded = meta.get("weights_sha256")
+    problem = None
+    if state.get("hash") != key:
+        problem = f"holds the classifier of hash {str(state.get('hash'))[:12]}, not {key[:12]}"
+    elif recorded is not None and _file_hash(weights) != recorded:
+        problem = "does not have the sha256 recorded in its sidecar when it was trained (replaced or edited)"
+    if problem:
+        warnings.warn(f"cache entry {weights}: {problem}; it is trained again", CacheEntryDamaged, stacklevel=3)
+    return problem is None
+
+
 def domain_classifier_paths(key: str, cache_root: str | Path | None = None) -> tuple[Path, Path]:
     folder = cache_dir("evaluators", cache_root)
     return folder / f"domain-{key[:24]}.pt", folder / f"domain-{key[:24]}.json"
@@ -315,6 +334,8 @@ def get_domain_classifier(
     status = "disk"
     with file_lock(weights.with_suffix(".lock")):
         state, meta = read_tensors(weights), read_json(sidecar)
+        if state is not None and meta is not None and not _weights_match(weights, state, meta, key):
+            state = None
         if state is None or meta is None or meta.get("hash") != key:
             net, facts = train_domain_classifier(dataset, settings, device)
             arch = {"in_channels": dataset.info.image_shape[0], "num_classes": dataset.info.num_classes,
@@ -323,7 +344,8 @@ def get_domain_classifier(
             state = {"state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
                      "architecture": arch, "hash": key}
             write_tensors(weights, state)
-            meta = {"hash": key, "record": record, "dataset_source": dataset.source, **facts}
+            meta = {"hash": key, "record": record, "dataset_source": dataset.source,
+                    "weights_sha256": _file_hash(weights), **facts}
             write_json(sidecar, meta)
             status = "trained"
     net = _net_from_state(state).to(device)
