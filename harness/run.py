@@ -154,6 +154,12 @@ class RunDir:
             self._lock.close()
             self._lock = None
 
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
     def finished(self, spec: TrialSpec) -> TrialResult | None:
         """The stored result of ``spec`` if it completed in an earlier invocation."""
         return finished_result(self.path, spec)

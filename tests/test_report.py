@@ -52,6 +52,7 @@ def tracked_run(tmp_path_factory):
     context = tr.start_run_tracking(suite, suite_file, run.path, uri, executor="inprocess")
     results = run_inprocess(expand(suite), run.path, device="cpu", tracking=context)
     tr.finish_run_tracking(context, "FINISHED")
+    run.close()  # the run is over: commands on the run directory take its lock
     assert [r.status for r in results] == ["ok"] * 4
     return run.path, uri, [m.label or m.name for m in suite.methods], bool(data["evaluation"]["metrics"])
 

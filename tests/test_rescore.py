@@ -64,6 +64,7 @@ def tracked_run(tmp_path_factory):
         context = tr.start_run_tracking(suite, suite_file, run.path, uri, executor="inprocess")
         results = run_inprocess(expand(suite), run.path, device="cpu", tracking=context)
         tr.finish_run_tracking(context, "FINISHED")
+        run.close()  # the run is over: `harness evaluate` below takes the run directory's lock
         assert [r.status for r in results] == ["ok", "ok"]
         yield run.path, context
     _clear_memory()
