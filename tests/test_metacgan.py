@@ -67,7 +67,8 @@ def one_set(support: torch.Tensor, images: torch.Tensor) -> SupportContext:
 def test_config_defaults_descriptions_and_identity():
     c = MetaCGAN.Config()
     assert (c.n_c, c.lr_g, c.lr_d, c.beta1, c.beta2) == (4, 2e-4, 2e-4, 0.5, 0.9)
-    assert c.encoder_update == "discriminator" and c.generated_layer == "last"
+    assert c.encoder_update == "generator" and c.generated_layer == "last"  # defaults version 2
+    assert MetaCGAN.defaults_version({}) == 2 and MetaCGAN.defaults_version({"encoder_update": "discriminator"}) == 1
     assert (c.z_dim, c.width, c.diffaugment, c.diffaugment_policy) == (100, 64, False, "color,translation,cutout")
     assert all(f.description for f in MetaCGAN.Config.model_fields.values())
     assert (MetaCGAN.name, MetaCGAN.conditional) == ("metacgan", True) and MetaCGAN.description
@@ -193,7 +194,7 @@ def nonzero(grads: list[torch.Tensor | None]) -> bool:
 def test_gradients_reach_d_encoders_and_parameter_generator():
     """Paper's rule: L_D reaches D and both encoders (through the fake batch's generated weights); L_G reaches the
     generator and the parameter generator."""
-    method = make()
+    method = make(encoder_update="discriminator")
     seen = record_grads(method)
     before = {k: v.clone() for k, v in method.meta.state_dict().items()}
     method.fit(make_task(), budget(1), NullHooks())
@@ -222,8 +223,8 @@ def test_gradients_reach_d_encoders_and_parameter_generator():
         assert not torch.equal(before[key], after[key]), key
 
 
-def test_encoders_trained_with_the_generator_when_asked():
-    method = make(encoder_update="generator")
+def test_encoders_trained_with_the_generator_by_default():
+    method = make()
     seen = record_grads(method)
     method.fit(make_task(), budget(1), NullHooks())
     for part in ("task_encoder", "image_encoder"):
@@ -256,7 +257,7 @@ def test_norms_present_where_configured(generator_norm, discriminator_norm):
 
 def d_update(start: str) -> tuple[list[torch.Tensor], list[torch.Tensor], MetaCGAN]:
     """D's gradient at its first step and the change of D's weights that step made."""
-    method = make(d_optimizer_start=start, lr_d=1e-3)
+    method = make(d_optimizer_start=start, lr_d=1e-3, encoder_update="discriminator")  # encoders in D's optimiser (checked below)
     before = [p.detach().clone() for p in method.D.parameters()]
     seen = record_grads(method)
     method.fit(make_task(), budget(1), NullHooks())
