@@ -1,4 +1,5 @@
-"""The ``harness`` command: run, sweep, reproduce, evaluate, validate, report, ui, methods, metrics."""
+"""The ``harness`` command: run, sweep, reproduce, evaluate, validate, report, ui, sync-tracking, methods,
+metrics."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from harness.suite import SuiteError, environment_problems, expand, load_suite
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmark harness for few-shot image generation.")
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)  # errors unwrapped: one problem per line, greppable
+STORAGE_EXIT = 3  # shared storage stayed unreachable past its retry limit: the local results are intact
 
 
 @app.command()
@@ -135,7 +137,7 @@ def _session(suite, suite_file: Path, *, executor: str, address: str | None, run
         raise typer.BadParameter("--address is for the ray executor", param_hint="--address")
     run_storage = None
     if storage is not None:
-        from harness.storage import RunStorage, StorageError, check_storage_uri, run_key
+        from harness.storage import RunStorage, StorageError, StorageUnavailable, check_storage_uri, run_key
 
         try:
             uri = check_storage_uri(storage)
@@ -144,8 +146,12 @@ def _session(suite, suite_file: Path, *, executor: str, address: str | None, run
             raise typer.Exit(2) from None
         run_dir = run_dir or new_run_path(suite, runs_root)
         run_storage = RunStorage(uri, run_key(suite.name, run_dir))
-        if run_storage.download("", run_dir):
-            console.print(f"resuming the run stored at {run_storage.root}", highlight=False)
+        try:
+            if run_storage.download("", run_dir):
+                console.print(f"resuming the run stored at {run_storage.root}", highlight=False)
+        except StorageUnavailable as exc:
+            err_console.print(f"[red]✗[/red] {exc}", highlight=False)
+            raise typer.Exit(2) from None
     runner = executor_cls(address=address, storage=run_storage, verbose=verbose,
                           max_failures=suite.resources.max_failures)
     try:
@@ -248,8 +254,14 @@ def _run_trials(suite, specs, run, runner, context, outcome: dict, *, device: st
     Shared by ``run`` and ``reproduce``, so a reproduction runs trials exactly as a run does."""
     done = sum(run.finished(s) is not None for s in specs)
     console.print(f"suite [bold]{suite.name}[/bold]: {len(specs)} trials, {done} already finished", highlight=False)
-    with RunProgress(len(specs), console=console, enabled=progress, done=done) as shown:
-        runner.run(specs, run.path, device=device, tracking=context, progress=shown)
+    from harness.storage import StorageUnavailable
+
+    try:
+        with RunProgress(len(specs), console=console, enabled=progress, done=done) as shown:
+            runner.run(specs, run.path, device=device, tracking=context, progress=shown)
+    except StorageUnavailable as exc:  # finished trials are in storage or on their nodes; the same command resumes
+        err_console.print(f"[red]✗[/red] {exc}", highlight=False)
+        raise typer.Exit(STORAGE_EXIT) from None
     outcome["failed"] = sum(run.finished(s) is None for s in specs)
 
 
@@ -425,10 +437,15 @@ def sweep(
                   tracking=tracking, tracking_uri=tracking_uri, storage=storage, verbose=verbose) as (
             run, _runner, context, outcome):
         from harness.executors.sweep import run_sweep
+        from harness.storage import StorageUnavailable
 
-        with RunProgress(suite.sweep.num_samples, console=console, enabled=progress) as shown:
-            result = run_sweep(suite, run.path, device=device, verbose=2 if verbose else 0, tracking=context,
-                               storage=outcome["storage"], progress=shown)
+        try:
+            with RunProgress(suite.sweep.num_samples, console=console, enabled=progress) as shown:
+                result = run_sweep(suite, run.path, device=device, verbose=2 if verbose else 0, tracking=context,
+                                   storage=outcome["storage"], progress=shown)
+        except StorageUnavailable as exc:  # as in a run: what finished is in storage; the same command resumes
+            err_console.print(f"[red]✗[/red] {exc}", highlight=False)
+            raise typer.Exit(STORAGE_EXIT) from None
         outcome["failed"] = int(result.best_value is None)
         _print_summary(run.path)
     _write_report(run.path, outcome["storage"])
@@ -483,6 +500,37 @@ def ui(
         raise typer.Exit(2) from None
 
 
+@app.command("sync-tracking")
+def sync_tracking(
+    run_dir: Annotated[Path, typer.Argument(help="run directory whose tracking writes were kept", metavar="RUN_DIR")],
+    wait: Annotated[float, typer.Option(min=0, help="seconds to keep retrying a server that does not answer")] = 0,
+) -> None:
+    """Write the MLflow tracking writes a run kept while its tracking server was unreachable, into the child runs
+    they belong to (none is duplicated). Exit 1 if some are still unwritten."""
+    from harness.tracking.outbox import replay_pending
+
+    if not run_dir.is_dir():
+        err_console.print(f"[red]✗[/red] {run_dir}: no such run directory", highlight=False)
+        raise typer.Exit(2)
+    try:
+        report = replay_pending(run_dir, wait_s=wait)
+    except ValueError as exc:  # a damaged spool file: named in the message
+        err_console.print(f"[red]✗[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    if not report:
+        console.print(f"{run_dir}: no kept tracking writes; MLflow is up to date", highlight=False)
+    left = 0
+    for context, written, unwritten in report:
+        left += unwritten
+        line = f"{context.tracking_uri} (parent run {context.parent_run_id}): {written} kept writes written"
+        if unwritten:
+            err_console.print(f"[red]✗[/red] {line}, {unwritten} still unwritten: the server does not answer; "
+                              f"retry later, or with --wait SECONDS", highlight=False)
+        else:
+            console.print(line, highlight=False)
+    raise typer.Exit(1 if left else 0)
+
+
 def _write_report(run_dir: Path, storage=None) -> None:
     """Every run renders its own report; a report failure is reported, and loses no result. With shared storage,
     the whole run directory (report, run.json, sweep study) is then copied there (Tune keeps ``ray/`` there itself)."""
@@ -495,7 +543,13 @@ def _write_report(run_dir: Path, storage=None) -> None:
         err_console.print(f"[yellow]report not written: {exc}[/yellow] (retry with `harness report {run_dir}`)",
                           highlight=False)
     if storage is not None:
-        storage.upload(run_dir, skip=("ray",))
+        from harness.storage import StorageUnavailable
+
+        try:
+            storage.upload(run_dir, skip=("ray",))
+        except StorageUnavailable as exc:
+            err_console.print(f"[red]✗[/red] run not stored: {exc}", highlight=False)
+            raise typer.Exit(STORAGE_EXIT) from None
         console.print(f"run stored at {storage.root}", highlight=False)
 
 

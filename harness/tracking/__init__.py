@@ -2,7 +2,8 @@
 child run per trial (:mod:`harness.tracking.runs` documents the layout).
 
 Modules: ``uri`` (where the store is, the server health check), ``params`` (flat param keys), ``runs`` (parent and
-child runs), ``callback`` (the trial callback that feeds a child run), ``ui`` (``harness ui``).
+child runs), ``outbox`` (the driver's writes as replayable operations, kept while a server is unreachable),
+``callback`` (the trial callback that feeds a child run), ``ui`` (``harness ui``).
 """
 
 from harness.tracking.callback import TrackingCallback

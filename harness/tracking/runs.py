@@ -23,7 +23,9 @@ trial has exactly one child run under it: ``TrialTracker.start`` finds the child
 the parent (a resumed or retried trial logs into it) and creates it only when there is none.
 
 Tracking never costs a trial its result: every ``TrialTracker`` method logs a warning on error and disables itself
-for the rest of the trial; ``result.json`` is always written by ``run_trial``.
+for the rest of the trial; ``result.json`` is always written by ``run_trial``. An unreachable tracking server is not
+such an error: the driver keeps the writes and writes them into the same runs once it answers
+(:mod:`harness.tracking.outbox`).
 
 Re-scoring (`harness evaluate`) logs into the same child runs (:func:`log_metrics_version`): the new values as the
 latest values of their keys at the trial's final step (MLflow keeps the earlier ones in each key's history), the
@@ -40,6 +42,7 @@ import shlex
 import socket
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 from harness.files import DamagedFile, read_json_object, set_aside, write_json
 from harness.runtime import git_commit, package_versions
 from harness.tracking.params import (
-    NOT_APPLICABLE, SPLIT_PARAMS, _param_value, flatten, mlflow_key, spec_params, suite_param_keys,
+    SPLIT_PARAMS, _param_value, flatten, mlflow_key, spec_params, suite_param_keys,
 )
 from harness.tracking.uri import ARTIFACTS_DIR, DB_FILE, artifact_location, check_tracking_server, client_for
 
@@ -85,12 +88,15 @@ _FLUSH_SECONDS = 15.0
 @dataclass(frozen=True)
 class TrackingContext:
     """The parent run trials are tracked under. ``param_keys`` are the flat param keys every trial of the suite
-    logs (the union over the suite's methods), so the MLflow compare view lines trials up."""
+    logs (the union over the suite's methods), so the MLflow compare view lines trials up. ``run_dir``: where the
+    driver keeps writes a tracking server could not take (:mod:`harness.tracking.outbox`); without it, writes are
+    live only."""
 
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
     param_keys: tuple[str, ...] = ()
+    run_dir: str | None = None
 
 
 def reference_tags(spec: TrialSpec) -> dict[str, str]:
@@ -259,33 +265,53 @@ def start_run_tracking(
                          (run_dir / "run.json", "suite"), (cluster_file, "cluster")):
         if path is not None and Path(path).is_file():
             client.log_artifact(run_id, str(path), folder)
-    context = TrackingContext(tracking_uri, experiment_id, run_id, suite_param_keys(suite))
+    context = TrackingContext(tracking_uri, experiment_id, run_id, suite_param_keys(suite), run_dir=str(run_dir))
+    _replay_earlier_writes(run_dir, context)
     stores = {**record.get("stores", {}),
               tracking_uri: {"experiment_id": experiment_id, "parent_run_id": run_id, "invocations": invocations}}
     _write_tracking_file(run_dir, {"last": tracking_uri, "stores": stores})
     return context
 
 
-def finish_run_tracking(context: TrackingContext, status: str) -> None:
-    """End the parent run (``FINISHED`` / ``FAILED`` / ``KILLED``), tagged with its trials' outcome.
+def _replay_earlier_writes(run_dir: Path, context: TrackingContext) -> None:
+    """Writes an earlier invocation kept (its server was unreachable) go to their store before any new trial's: the
+    same child runs, no duplicates. The end of this parent run is left to this invocation."""
+    from harness.tracking.outbox import replay_pending
+
+    for kept, written, left in replay_pending(run_dir, skip_parent_finish_of=context.parent_run_id):
+        if written:
+            log.warning("wrote %d tracking writes an earlier invocation kept for %s", written, kept.tracking_uri)
+        if left:
+            log.warning("%d tracking writes kept for %s are still unwritten (it does not answer); they stay in %s",
+                        left, kept.tracking_uri, run_dir)
+
+
+def finish_run_tracking(context: TrackingContext, status: str) -> int:
+    """End the parent run (``FINISHED`` / ``FAILED`` / ``KILLED``), tagged with its trials' outcome. Returns how many
+    tracking writes are still unwritten (the server stayed unreachable; they are kept in the run directory and the
+    warning says how to write them).
 
     Called from a ``finally``: a tracking problem here is logged, never raised (the results are on disk)."""
+    from harness.tracking.outbox import Applier, outbox_for
+
     if status not in ("FINISHED", "FAILED", "KILLED"):
         raise ValueError(f"status must be FINISHED, FAILED or KILLED, not {status!r}")
+    box = outbox_for(context)
     try:
-        check_tracking_server(context.tracking_uri)
-        client = client_for(context.tracking_uri)
-        try:
-            counts = {"ok": 0, "failed": 0, "running": 0}
-            for run in child_runs(client, context):
-                state = run.data.tags.get(STATUS_TAG, "running")
-                counts[state if state in counts else "running"] += 1
-            _log_tags(client, context.parent_run_id, {f"harness.trials_{k}": str(v) for k, v in counts.items()})
-        finally:
-            client.set_terminated(context.parent_run_id, status)
+        if box is None:
+            check_tracking_server(context.tracking_uri)
+            Applier(context).apply({"op": "parent_finish", "status": status})
+        else:
+            box.submit({"op": "parent_finish", "status": status})
     except Exception as exc:  # noqa: BLE001
         log.warning("could not close the MLflow parent run %s at %s: %s: %s", context.parent_run_id,
                     context.tracking_uri, type(exc).__name__, exc)
+    if box is None:
+        return 0
+    left = box.close()
+    if left:
+        log.warning(box.unwritten_message(Path(context.run_dir or ".")))
+    return left
 
 
 def child_runs(client: MlflowClient, context: TrackingContext, trial_id: str | None = None) -> list[Any]:
@@ -337,29 +363,57 @@ def relocate_store(run_dir: Path) -> bool:
 
 
 class TrialTracker:
-    """Logs one trial into its child run, from whatever process runs the trial. Never raises: an MLflow error logs a
-    warning and disables the tracker for the rest of the trial (the local result.json is unaffected)."""
+    """Logs one trial into its child run, from the driver. Never raises: an MLflow error logs a warning and disables
+    the tracker for the rest of the trial (the local result.json is unaffected).
+
+    Each write is an operation of :mod:`harness.tracking.outbox` that names the trial, not its run: with a context
+    made by :func:`start_run_tracking` (it has the run directory) the driver's outbox applies it at once, or keeps it
+    while the tracking server is unreachable and writes it later; an outage does not disable the tracker."""
 
     def __init__(self, context: TrackingContext | None, spec: TrialSpec) -> None:
+        from harness.tracking.outbox import Applier, outbox_for
+
         self.context = context
         self.spec = spec
-        self.run_id: str | None = None
         self.disabled = context is None
-        self._client: MlflowClient | None = None
-        self._params: dict[str, str] = {}
-        self._buffer: list[Any] = []
+        self.started = False
+        self._outbox = outbox_for(context) if context is not None else None
+        self._applier = self._outbox.applier if self._outbox is not None else (
+            Applier(context) if context is not None else None)
+        self._attempt = uuid.uuid4().hex  # a replayed start of this attempt is not counted as another attempt
+        self._buffer: list[list[Any]] = []  # [key, value, timestamp ms, step]
         self._last_flush = time.monotonic()
 
     # -- plumbing
     @property
+    def run_id(self) -> str | None:
+        """The child run, once a write reached the store (None while it is unreachable since the trial started)."""
+        return self._applier.run_ids.get(self.spec.trial_id) if self._applier is not None else None
+
+    @property
     def client(self) -> MlflowClient:
-        if self._client is None:
-            assert self.context is not None
-            self._client = client_for(self.context.tracking_uri)
-        return self._client
+        assert self._applier is not None
+        return self._applier.client
+
+    def _submit(self, op: str, **fields: Any) -> None:
+        record = {"op": op, "trial": self.spec.trial_id, "name": self.spec.name, **fields}
+        if self._outbox is not None:
+            self._outbox.submit(record)
+        else:
+            assert self._applier is not None
+            self._applier.apply(record)
+
+    def _path(self, path: Path) -> str:
+        """An artifact's path as an operation keeps it: relative to the run directory when under it (a spool file
+        replayed after the directory moved still finds it)."""
+        base = self._applier.base if self._applier is not None else None
+        if base is not None:
+            with contextlib.suppress(ValueError):
+                return Path(path).resolve().relative_to(Path(base).resolve()).as_posix()
+        return str(Path(path).resolve())
 
     def _guard(self, what: str, fn, *args: Any) -> Any:
-        if self.disabled or (self.run_id is None and what != "start"):
+        if self.disabled or (not self.started and what != "start"):
             return None
         try:
             return fn(*args)
@@ -376,78 +430,51 @@ class TrialTracker:
 
     def _start(self) -> None:
         assert self.context is not None
-        check_tracking_server(self.context.tracking_uri)  # fail in seconds, not after MLflow's minutes of retries
-        client = self.client
-        existing = child_runs(client, self.context, self.spec.trial_id)
-        if existing:
-            run = existing[0]
-            if len(existing) > 1:
-                log.warning("trial %s has %d child runs; logging into the first", self.spec.name, len(existing))
-            self.run_id = run.info.run_id
-            self._params = dict(run.data.params)
-            attempts = int(run.data.tags.get("harness.attempts", "1")) + 1
-            client.update_run(self.run_id, status="RUNNING")
-            _log_tags(client, self.run_id, {STATUS_TAG: "running", "harness.attempts": str(attempts)})
-        else:
-            run = client.create_run(
-                self.context.experiment_id, run_name=self.spec.name,
-                tags={PARENT_TAG: self.context.parent_run_id, TRIAL_ID_TAG: self.spec.trial_id, KIND_TAG: "trial",
-                      STATUS_TAG: "running", "harness.label": self.spec.label, "harness.attempts": "1",
-                      "harness.data": self.spec.data, **reference_tags(self.spec),
-                      "harness.git_commit": git_commit(), "mlflow.source.git.commit": git_commit(),
-                      "harness.host": socket.gethostname()},
-            )
-            self.run_id = run.info.run_id
-        self._log_params(spec_params(self.spec))
-
-    def _log_params(self, params: dict[str, str]) -> None:
-        assert self.run_id is not None
-        conflicts = _log_params(self.client, self.run_id, params, self._params)
-        if conflicts:
-            log.warning("trial %s: params %s already logged with other values; kept the earlier ones",
-                        self.spec.name, conflicts)
+        if self._outbox is None:  # no outbox to keep writes in: fail in seconds, not after MLflow's retries
+            check_tracking_server(self.context.tracking_uri)
+        self.started = True
+        self._submit("start", attempt=self._attempt, params=spec_params(self.spec), tags={
+            PARENT_TAG: self.context.parent_run_id, TRIAL_ID_TAG: self.spec.trial_id, KIND_TAG: "trial",
+            STATUS_TAG: "running", "harness.label": self.spec.label, "harness.data": self.spec.data,
+            **reference_tags(self.spec), "harness.git_commit": git_commit(), "mlflow.source.git.commit": git_commit(),
+            "harness.host": socket.gethostname()})
 
     def set_config(self, method_config: dict[str, Any], provenance: dict[str, Any]) -> None:
         """After the split: the resolved method config (``hp.*``) and the data provenance params."""
         def _set() -> None:
             params = flatten("hp", method_config)
             params.update({k: _param_value(provenance.get(k)) for k in SPLIT_PARAMS})
-            self._log_params(params)
+            self._submit("params", params=params)
 
         self._guard("set_config", _set)
 
     def log_losses(self, step: int, losses: dict[str, float], info: dict[str, Any] | None = None) -> None:
         """Buffer one loss record (per-class keys ``<loss>/class_<c>`` when ``info`` names a class); flushed in
         batches."""
-        if self.disabled or self.run_id is None:
+        if self.disabled or not self.started:
             return
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
         label = (info or {}).get("class")
         suffix = f"/class_{label}" if label is not None else ""
         for key, value in losses.items():
-            self._buffer.append(Metric(mlflow_key(f"{key}{suffix}"), float(value), now, int(step)))
+            self._buffer.append([mlflow_key(f"{key}{suffix}"), float(value), now, int(step)])
         if len(self._buffer) >= _FLUSH_EVERY or time.monotonic() - self._last_flush > _FLUSH_SECONDS:
             self.flush()
 
     def log_evaluation(self, step: int, values: dict[str, float]) -> None:
         """Intermediate metric values (a sweep's early stopping) as ``eval/<metric>`` at ``step``: the UI plots how
         a trial's metric evolved."""
-        if self.disabled or self.run_id is None:
+        if self.disabled or not self.started:
             return
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
-        self._buffer += [Metric(mlflow_key(f"eval/{key}"), float(value), now, int(step))
-                         for key, value in values.items()]
+        self._buffer += [[mlflow_key(f"eval/{key}"), float(value), now, int(step)] for key, value in values.items()]
         self.flush()
 
     def flush(self) -> None:
         def _flush() -> None:
             buffer, self._buffer = self._buffer, []
             self._last_flush = time.monotonic()
-            _log_metrics(self.client, self.run_id, buffer)
+            self._submit("metrics", metrics=buffer)
 
         if self._buffer:
             self._guard("log_losses", _flush)
@@ -458,22 +485,17 @@ class TrialTracker:
         self._guard("finish", self._finish, result, Path(trial_dir))
 
     def _finish(self, result: TrialResult, trial_dir: Path) -> None:
-        from mlflow.entities import Metric
-
-        client, run_id = self.client, self.run_id
-        assert run_id is not None and self.context is not None
+        assert self.context is not None
         # identical param keys in every trial: fill what this trial never reached (e.g. failed before its split)
         expected = set(self.context.param_keys) | set(SPLIT_PARAMS) | set(spec_params(self.spec))
-        missing = {k: NOT_APPLICABLE for k in expected if mlflow_key(k) not in self._params and k not in self._params}
-        if missing:
-            self._log_params(missing)
+        self._submit("fill_params", keys=sorted(expected))
         now = int(time.time() * 1000)
         step = final_step(result)
-        metrics = metric_entries(result.metrics, now, step)
-        metrics += [Metric(mlflow_key(f"final/{k}"), float(v), now, step) for k, v in result.final_losses.items()]
-        metrics += [Metric(mlflow_key(f"time/{k}"), float(v), now, step)
+        metrics = [[m.key, m.value, m.timestamp, m.step] for m in metric_entries(result.metrics, now, step)]
+        metrics += [[mlflow_key(f"final/{k}"), float(v), now, step] for k, v in result.final_losses.items()]
+        metrics += [[mlflow_key(f"time/{k}"), float(v), now, step]
                     for k, v in result.wall_times.items() if k.endswith("_s")]
-        _log_metrics(client, run_id, metrics)
+        self._submit("metrics", metrics=metrics)
         provenance = result.provenance or {}
         tags = {STATUS_TAG: result.status, ERROR_TAG: result.error or ""}
         for key in ("evaluator", "evaluator_hash", "evaluator_test_accuracy", "host", "device", "git_commit",
@@ -482,17 +504,14 @@ class TrialTracker:
                 tags[f"harness.{key}"] = _param_value(provenance[key])
         for name, v in (provenance.get("versions") or {}).items():
             tags[f"version.{name}"] = v
-        _log_tags(client, run_id, tags)
+        self._submit("tags", tags=tags)
         if (trial_dir / "samples.png").is_file():  # a stepped image: the UI's image view steps through it
-            from PIL import Image
-
-            with Image.open(trial_dir / "samples.png") as image:
-                client.log_image(run_id, image.convert("RGB"), key=SAMPLES_IMAGE_KEY, step=self.spec.budget.steps,
-                                 synchronous=True)
+            self._submit("image", path=self._path(trial_dir / "samples.png"), key=SAMPLES_IMAGE_KEY,
+                         step=self.spec.budget.steps)
         for name in ("result.json", "samples.png", "shots.png"):
             if (trial_dir / name).is_file():
-                client.log_artifact(run_id, str(trial_dir / name))
-        client.set_terminated(run_id, {"ok": "FINISHED", "stopped": "KILLED"}.get(result.status, "FAILED"))
+                self._submit("artifact", path=self._path(trial_dir / name))
+        self._submit("terminate", status={"ok": "FINISHED", "stopped": "KILLED"}.get(result.status, "FAILED"))
 
 
 # ------------------------------------------------------------------------------------------------- re-scoring
