@@ -14,10 +14,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from harness.console import RunProgress, headline_text
+from harness.console import DecodeProgress, RunProgress, headline_text
+from harness.data import DataSourceError
 from harness.executors import EXECUTORS
 from harness.registry import METHODS
-from harness.suite import SuiteError, environment_problems, expand, load_suite
+from harness.suite import SuiteError, check_images, environment_problems, expand, load_suite
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmark harness for few-shot image generation.")
 console = Console()
@@ -32,6 +33,8 @@ def validate(files: Annotated[list[Path], typer.Argument(help="suite YAML files"
     for file in files:
         try:
             suite = load_suite(file)
+            with DecodeProgress(console) as decoding:  # every image decoded (cached), so none fails a run later
+                images = check_images(suite, str(file), progress=decoding)
         except SuiteError as exc:
             bad += 1
             err_console.print(f"[red]✗[/red] {exc}", highlight=False)
@@ -45,6 +48,9 @@ def validate(files: Annotated[list[Path], typer.Argument(help="suite YAML files"
         for i, part in enumerate(splits[1:], start=1):
             console.print(f"  split {i}: base {list(part.base)}, novel {list(part.novel)}, validation "
                           f"{list(part.validation)}", highlight=False)
+        if images is not None:
+            console.print(f"  images: all {images.total} under {images.root} decode ({images.decoded} decoded now, "
+                          f"{images.cached} unchanged since an earlier check)", highlight=False, soft_wrap=True)
         for loc, msg in environment_problems(suite):
             console.print(f"[yellow]![/yellow] {file}: {loc}: {msg} (needed to run it here)", highlight=False,
                           soft_wrap=True)
@@ -100,6 +106,8 @@ def _load(suite_file: Path):
     """The suite, valid and runnable here (weights files present), or exit 2 with every problem named."""
     try:
         suite = load_suite(suite_file)
+        with DecodeProgress(console) as decoding:  # a bad image is named now, before any run directory exists
+            check_images(suite, str(suite_file), progress=decoding)
         problems = environment_problems(suite)
         if problems:
             raise SuiteError(str(suite_file), problems)
@@ -262,6 +270,11 @@ def _run_trials(suite, specs, run, runner, context, outcome: dict, *, device: st
     except StorageUnavailable as exc:  # finished trials are in storage or on their nodes; the same command resumes
         err_console.print(f"[red]✗[/red] {exc}", highlight=False)
         raise typer.Exit(STORAGE_EXIT) from None
+    except DataSourceError as exc:  # raised by the executor loading the data in this process, before any trial starts
+        err_console.print(f"[red]✗[/red] dataset ({suite.dataset.name}): {exc}", highlight=False)
+        err_console.print(f"no trial started: {run.path} lost no result and holds no new one; fix the data (`harness "
+                          f"validate` lists every bad image) and resume with --run-dir {run.path}", highlight=False)
+        raise typer.Exit(2) from None
     outcome["failed"] = sum(run.finished(s) is None for s in specs)
 
 

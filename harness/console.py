@@ -90,3 +90,37 @@ class RunProgress:
         self.console.print(f"[red]✗ {escape(name)} failed[/red] (no result written): {escape(error)}",
                            highlight=False, soft_wrap=True)
         self._refresh(advance=1)
+
+
+class DecodeProgress:
+    """A transient bar while ``harness validate`` (or ``harness run``, before it starts) decodes a dataset's images;
+    pass the instance as the ``progress`` callback of :func:`harness.suite.check_images`. The bar appears only
+    for at least :attr:`MIN_FILES` files to decode, so a small or already checked (cached) folder prints nothing."""
+
+    MIN_FILES = 200
+
+    def __init__(self, console: Console | None = None, *, enabled: bool = True) -> None:
+        self.console = console or Console()
+        self.enabled = enabled
+        self._progress: Progress | None = None
+        self._task = None
+
+    def __enter__(self) -> DecodeProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled or total < self.MIN_FILES:
+            return
+        if self._progress is None:
+            self._progress = Progress(
+                TextColumn("decoding images"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                TextColumn("ETA"), TimeRemainingColumn(), console=self.console, transient=True,
+            )
+            self._task = self._progress.add_task("decoding images", total=total)
+            self._progress.start()
+        self._progress.update(self._task, completed=done)

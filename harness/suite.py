@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pydantic
 import yaml
@@ -22,6 +22,11 @@ from harness.data import DataSourceError, DatasetConfig, DatasetInfo, dataset_in
 from harness.metrics.config import ADDED_FIELDS as EVALUATION_ADDED_FIELDS
 from harness.metrics.config import EvaluationConfig
 from harness.registry import DATASETS, METHODS, UnknownNameError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from harness.data.verify import ImageCheck
 
 _STRICT = pydantic.ConfigDict(extra="forbid", frozen=True)
 
@@ -324,10 +329,27 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return out
 
 
+_UNION_MODELS = {"ClassPartition", "RandomPartitions"}  # members of protocol.class_splits' union
+
+
+def _without_union_tags(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``loc`` without the names pydantic gives the members of a union (``protocol.class_splits.list[ClassPartition]
+    [0].base``, ``protocol.base_classes[0].int``): a user's file has no such field, so a message must name the field
+    as written there. A bracketed name is never a field; ``int``/``str`` after a list index are the members of a
+    class given ``int | str`` (ParamSpace's ``int`` follows a name, so it stays)."""
+    out: list[Any] = []
+    for part in loc:
+        if isinstance(part, str) and ("[" in part or part in _UNION_MODELS
+                                      or (part in ("int", "str") and out and isinstance(out[-1], int))):
+            continue
+        out.append(part)
+    return tuple(out)
+
+
 def _pydantic_problems(err: pydantic.ValidationError, prefix: str = "") -> list[tuple[str, str]]:
-    problems = []
+    problems: list[tuple[str, str]] = []
     for e in err.errors():
-        loc = tuple(p for p in e["loc"] if p not in ("int_",))  # aliased field names
+        loc = _without_union_tags(tuple(p for p in e["loc"] if p not in ("int_",)))  # aliased field names
         dataset = None
         if not prefix and len(loc) > 1 and loc[0] == "dataset" and loc[1] in DATASETS:
             dataset, loc = loc[1], loc[:1] + loc[2:]  # the discriminated union puts the dataset's name in the path
@@ -342,7 +364,12 @@ def _pydantic_problems(err: pydantic.ValidationError, prefix: str = "") -> list[
         elif e["type"] == "missing":
             msg = "required field is missing"
         path = _loc(loc)
-        problems.append((f"{prefix}.{path}" if prefix and path else prefix or path, msg))
+        where = f"{prefix}.{path}" if prefix and path else prefix or path
+        same = next((i for i, (w, _) in enumerate(problems) if w == where), None)
+        if same is None:
+            problems.append((where, msg))
+        elif msg not in problems[same][1]:  # one field, several union members: what each would have needed
+            problems[same] = (where, f"{problems[same][1]}, or {msg[0].lower()}{msg[1:]}")
     return problems
 
 
@@ -571,14 +598,45 @@ def environment_problems(suite: Suite) -> list[tuple[str, str]]:
     return problems
 
 
+IMAGE_PROBLEMS_SHOWN = 20  # bad files listed one per line; past this, one line counts the rest
+
+
+def check_images(suite: Suite, source: str, progress: Callable[[int, int], None] | None = None
+                 ) -> ImageCheck | None:
+    """Decode every image file of the suite's dataset as its loader will (:mod:`harness.data.verify`, cached per file
+    by size and mtime); raise :class:`SuiteError` naming each bad file at ``dataset.root``, the field that says where
+    the files are. None for datasets without image files.
+
+    Separate from :func:`load_suite`, which reads metadata only and is called wherever a suite is needed: decoding a
+    folder is for ``harness validate`` and for ``harness run`` before it creates a run directory."""
+    from harness.data.verify import verify_images
+
+    try:
+        check = verify_images(suite.dataset, progress=progress)
+    except (DataSourceError, ValueError, OSError) as exc:  # the folder cannot be listed (any more)
+        raise SuiteError(source, [("dataset", str(exc))]) from None
+    if check is None or check.ok:
+        return check
+    problems = [("dataset.root", f"{bad.path}: {bad.reason}") for bad in check.bad[:IMAGE_PROBLEMS_SHOWN]]
+    if len(check.bad) > IMAGE_PROBLEMS_SHOWN:
+        problems.append(("dataset.root", f"... and {len(check.bad) - IMAGE_PROBLEMS_SHOWN} more bad images"))
+    problems.append(("dataset.root", f"{len(check.bad)} of the {check.total} images under {check.root} cannot be "
+                     "decoded; fix or remove them"))
+    raise SuiteError(source, problems)
+
+
 def parse_suite(data: Any, source: str = "<suite>", base_dir: Path | None = None) -> Suite:
     """Validate a suite given as parsed YAML; raise :class:`SuiteError` listing every problem."""
     if not isinstance(data, dict):
         raise SuiteError(source, [("", f"a suite must be a mapping, got {type(data).__name__}")])
-    if base_dir is not None and isinstance(data.get("dataset"), dict) and data["dataset"].get("root"):
-        root = Path(str(data["dataset"]["root"])).expanduser()
-        if not root.is_absolute():  # relative data roots are relative to the suite file
-            data = {**data, "dataset": {**data["dataset"], "root": str((base_dir / root).resolve())}}
+    dataset = data.get("dataset")
+    if base_dir is not None and isinstance(dataset, dict) and dataset.get("root"):
+        try:
+            root = Path(str(dataset["root"])).expanduser()
+            if not root.is_absolute():  # relative data roots are relative to the suite file
+                data = {**data, "dataset": {**dataset, "root": str((base_dir / root).resolve())}}
+        except (ValueError, OSError, RuntimeError) as exc:  # a NUL byte; a symlink loop (RuntimeError before 3.13)
+            raise SuiteError(source, [("dataset.root", f"{dataset['root']!r} is not a usable path: {exc}")]) from None
     try:
         suite = Suite.model_validate(data)
     except pydantic.ValidationError as exc:
@@ -596,15 +654,23 @@ def parse_suite(data: Any, source: str = "<suite>", base_dir: Path | None = None
 def load_suite(path: str | Path) -> Suite:
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
         raise SuiteError(str(path), [("", f"cannot read the file: {exc.strerror or exc}")]) from None
+    try:
+        text = raw.decode("utf-8")  # suites are UTF-8 whatever the locale says (read_text() used the locale's)
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise SuiteError(str(path), [("", f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at line {line} (offset "
+                                          f"{exc.start}); is it a suite file?")]) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise SuiteError(str(path), [("", f"invalid YAML: {where}{getattr(exc, 'problem', exc)}")]) from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise SuiteError(str(path), [("", "invalid YAML: collections nested too deeply to be a suite")]) from None
     return parse_suite(data, str(path), base_dir=path.parent)
 
 

@@ -123,3 +123,56 @@ def test_a_damaged_result_stops_the_run_by_name_until_recomputed_and_a_busy_run_
     assert free.returncode == 0 and "1 already finished" in free.stdout, free.stdout + free.stderr
     assert "run.json: is not valid JSON" in free.stderr and len(list(run_dir.glob("run.json.damaged-*"))) == 1
     assert json.loads((run_dir / "run.json").read_text())["suite"] == "smoke"
+
+
+def _image_folder_suite(tmp_path: Path) -> tuple[Path, Path]:
+    """A suite on a 3-class folder of 4 noise PNGs each; returns (suite file, folder)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    for c in "abc":
+        (data / c).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(data / c / f"{i}.png")
+    suite = tmp_path / "imgs.yaml"
+    suite.write_text("name: imgs\ndataset: {name: image_folder, root: data}\n"
+                     "protocol: {base_classes: [a, b], novel_classes: [c], shots: [1], seeds: [0]}\n"
+                     "methods: [{name: dcgan, params: {width: 16}}]\nbudget: {steps: 2, batch_size: 4}\n"
+                     "evaluation: {samples_per_class: 4, metrics: []}\n")
+    return suite, data
+
+
+def test_a_damaged_image_is_named_before_the_run_directory_exists_and_again_when_loading(tmp_path):
+    suite, data = _image_folder_suite(tmp_path)
+    checked = harness("validate", str(suite))
+    assert checked.returncode == 0, checked.stderr
+    assert f"images: all 12 under {data} decode" in checked.stdout
+
+    # damaged with its size and mtime kept, so the check's cache still trusts it: the load in `harness run` finds it
+    bad = data / "c" / "1.png"
+    st = bad.stat()
+    content = bytearray(bad.read_bytes())
+    idat = content.index(b"IDAT") + 4
+    content[idat:idat + 12] = bytes(12)
+    bad.write_bytes(bytes(content))
+    os.utime(bad, ns=(st.st_atime_ns, st.st_mtime_ns))
+    run = ("run", str(suite), "--executor", "inprocess", "--no-tracking", "--no-progress", "--runs-root")
+    out = harness(*run, str(tmp_path / "runs"))
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "Traceback" not in out.stdout + out.stderr
+    assert f"✗ dataset (image_folder): cannot read image {bad}: " in out.stderr
+    [run_dir] = list((tmp_path / "runs" / "imgs").iterdir())
+    assert f"no trial started: {run_dir} lost no result and holds no new one" in out.stderr
+    assert not (run_dir / "trials").exists()
+
+    # any change of size or mtime is decoded again: named by the pre-run check, before a run directory exists
+    bad.write_bytes(bytes(content[:idat]))
+    out = harness(*run, str(tmp_path / "runs2"))
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert f"{suite}: dataset.root: {bad}: " in out.stderr and "Traceback" not in out.stdout + out.stderr
+    assert not (tmp_path / "runs2").exists()
+    again = harness("validate", str(suite))
+    assert again.returncode == 1 and f"{suite}: dataset.root: {bad}: " in again.stderr
+    assert f"1 of the 12 images under {data} cannot be decoded" in again.stderr

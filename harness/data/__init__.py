@@ -11,7 +11,7 @@ See :mod:`harness.data.readers` for the built-in datasets and :mod:`harness.data
 
 from harness.data.base import DatasetConfigBase, DatasetReader
 from harness.data.dataset import Dataset, load_dataset
-from harness.data.errors import DataFallbackWarning, DataSourceError
+from harness.data.errors import DataFallbackWarning, DataSourceError, ImageDecodeError
 from harness.data.info import DatasetInfo, dataset_info
 from harness.data.split import FewShotSplit, make_split
 
@@ -27,6 +27,7 @@ __all__ = [
     "DatasetReader",
     "DatasetInfo",
     "FewShotSplit",
+    "ImageDecodeError",
     "dataset_config",
     "dataset_info",
     "load_dataset",

@@ -19,7 +19,7 @@ import pydantic
 
 if TYPE_CHECKING:
     from harness.data.info import DatasetInfo
-    from harness.data.sources import RawSplits
+    from harness.data.sources import ImageFiles, RawSplits
 
 DATA_ROOT_ENV = "FEWSHOT_DATA"
 
@@ -119,3 +119,11 @@ class DatasetReader(ABC):
     def load(cls, cfg: Any) -> RawSplits:
         """Both splits as uint8 N×C×H×W (already resized and channel-converted) with int64 labels; raise
         :class:`~harness.data.errors.DataSourceError` naming the files to put where when they are missing."""
+
+    @classmethod
+    def image_files(cls, cfg: Any) -> ImageFiles | None:
+        """The image files :meth:`load` decodes and how, so that ``harness validate`` (and ``harness run`` before it
+        creates a run directory) can decode every one and name each bad file, instead of the load failing on the
+        first mid-run. None (the default): the dataset is not stored as image files (IDX tensors, embedded arrays),
+        or its files are not there yet."""
+        return None

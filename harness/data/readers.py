@@ -158,6 +158,10 @@ class CelebAReader(DatasetReader):
     def load(cls, cfg: CelebAConfig) -> S.RawSplits:
         return S.load_celeba(cfg)
 
+    @classmethod
+    def image_files(cls, cfg: CelebAConfig) -> S.ImageFiles | None:
+        return S.celeba_files(cfg)
+
 
 # --- image folders ---------------------------------------------------------------------------------------------------
 
@@ -180,7 +184,8 @@ class ImageFolderReader(DatasetReader):
 
     @classmethod
     def info(cls, cfg: ImageFolderConfig) -> DatasetInfo:
-        """Lists the folder (DataSourceError if it is missing); opens image headers only when ``channels`` is unset."""
+        """Lists the folder (DataSourceError if it is missing); opens image headers only when ``channels`` is unset
+        (an unreadable header is skipped: :meth:`image_files` lets ``harness validate`` name every bad file)."""
         listing = S.list_image_folder(cfg)
         size = cfg.image_size or S.IMAGE_FOLDER_DEFAULT_SIZE
         k = len(listing.class_names)
@@ -190,3 +195,7 @@ class ImageFolderReader(DatasetReader):
     @classmethod
     def load(cls, cfg: ImageFolderConfig) -> S.RawSplits:
         return S.load_image_folder(cfg)
+
+    @classmethod
+    def image_files(cls, cfg: ImageFolderConfig) -> S.ImageFiles:
+        return S.image_folder_files(cfg)

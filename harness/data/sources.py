@@ -55,7 +55,7 @@ import torch
 from torch import Tensor
 
 from harness.data.base import ImageDatasetConfig as DatasetConfig  # any built-in config; readers pass theirs
-from harness.data.errors import DataSourceError
+from harness.data.errors import DataSourceError, ImageDecodeError
 
 log = logging.getLogger(__name__)
 
@@ -143,16 +143,39 @@ def preprocess_tensor(images: Tensor, size: int, channels: int) -> Tensor:
     return images.contiguous()
 
 
-def _decode(path: Path, mode: str, size: int, celeba_crop: bool) -> Tensor:
-    """Read one image file as a uint8 C×size×size tensor."""
+def decoder_reason(exc: BaseException) -> str:
+    """What a decoder's exception says about the file, short: the path is named by whoever reports it."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(exc, UnidentifiedImageError):  # its text repeats the path; say what it means instead
+        return "not an image file PIL recognises (empty, not an image, or its header is damaged)"
+    if isinstance(exc, FileNotFoundError):
+        return "the file is missing"
+    text = str(exc) or "no message"
+    return text if type(exc) is OSError else f"{type(exc).__name__}: {text}"
+
+
+def open_image(path: Path, mode: str):
+    """``path`` fully decoded and converted to ``mode`` (a PIL image), or :class:`ImageDecodeError` naming it.
+
+    Every exception of the decoder is caught here, not only OSError: Pillow's plugins parse untrusted bytes and raise
+    OSError, ValueError, SyntaxError, EOFError, struct.error or DecompressionBombError (an Exception, for a header
+    that claims billions of pixels) depending on the format and where the file is damaged. Whichever it is, it means
+    this one file cannot be read, and is reported with the file's path and the decoder's own words."""
     from PIL import Image
-    from torchvision.transforms import functional as TF
 
     try:
         with Image.open(path) as im:
-            im = im.convert(mode)
-    except (OSError, ValueError) as exc:
-        raise DataSourceError(f"cannot read image {path}: {exc}") from exc
+            return im.convert(mode)  # convert() loads (decodes) every pixel first
+    except Exception as exc:  # noqa: BLE001 - see above: one file's failure, named with its reason
+        raise ImageDecodeError(path, decoder_reason(exc)) from exc
+
+
+def _decode(path: Path, mode: str, size: int, celeba_crop: bool) -> Tensor:
+    """Read one image file as a uint8 C×size×size tensor."""
+    from torchvision.transforms import functional as TF
+
+    im = open_image(path, mode)
     if celeba_crop:
         w, h = im.size
         side = min(CELEBA_CROP, w, h)
@@ -361,6 +384,15 @@ def _celeba_md5_status(folder: Path) -> str:
     return "official files"
 
 
+def _celeba_kept(cfg: DatasetConfig, index: CelebAIndex) -> list[list[tuple[str, int]]]:
+    """The train and test entries ``load_celeba`` decodes (``max_images_per_class`` applied)."""
+    kept = []
+    for entries in (index.train, index.test):
+        keep = first_per_class([label for _, label in entries], cfg.max_images_per_class)
+        kept.append([entries[i] for i in keep])
+    return kept
+
+
 def load_celeba(cfg: DatasetConfig) -> RawSplits:
     index = read_celeba_index(cfg)
     log.info("celeba: %s (%s)", index.folder, _celeba_md5_status(index.folder))
@@ -372,9 +404,7 @@ def load_celeba(cfg: DatasetConfig) -> RawSplits:
     size = cfg.image_size or CELEBA_DEFAULT_SIZE
     mode = "L" if cfg.channels == 1 else "RGB"
     parts = []
-    for entries in (index.train, index.test):
-        keep = first_per_class([label for _, label in entries], cfg.max_images_per_class)
-        entries = [entries[i] for i in keep]
+    for entries in _celeba_kept(cfg, index):
         paths = [index.folder / CELEBA_IMAGES / name for name, _ in entries]
         missing = [p for p in paths if not p.is_file()]
         if missing:
@@ -464,16 +494,23 @@ def image_folder_channels(cfg: DatasetConfig, listing: FolderListing) -> int:
             with Image.open(path) as im:
                 if im.mode not in _GRAY_MODES:
                     return 3
-        except OSError as exc:
-            raise DataSourceError(f"image_folder: cannot read image {path}: {exc}") from exc
+        except Exception:  # noqa: BLE001 - any decoder error (see open_image): skipped here, reported by the decode
+            # Suite validation calls this (through dataset_info): failing here would name only the first bad file,
+            # at the `dataset` field. The full decode of `harness validate` (harness.data.verify) lists every bad
+            # file, and the loader's decode of this one raises ImageDecodeError naming it.
+            continue
     return 1
+
+
+def _image_folder_mode(cfg: DatasetConfig, listing: FolderListing) -> tuple[str, int]:
+    """The PIL mode and square size ``load_image_folder`` decodes to."""
+    channels = image_folder_channels(cfg, listing)
+    return ("RGB" if channels == 3 else "L"), cfg.image_size or IMAGE_FOLDER_DEFAULT_SIZE
 
 
 def load_image_folder(cfg: DatasetConfig) -> RawSplits:
     listing = list_image_folder(cfg)
-    channels = image_folder_channels(cfg, listing)
-    size = cfg.image_size or IMAGE_FOLDER_DEFAULT_SIZE
-    mode = "RGB" if channels == 3 else "L"
+    mode, size = _image_folder_mode(cfg, listing)
     parts = []
     for entries in (listing.train, listing.test):
         entries = capped(entries, cfg.max_images_per_class)
@@ -481,3 +518,49 @@ def load_image_folder(cfg: DatasetConfig) -> RawSplits:
         parts.append((images, _labels_tensor([label for _, label in entries])))
     source = f"image_folder:{listing.root}"
     return RawSplits(parts[0][0], parts[0][1], parts[1][0], parts[1][1], listing.class_names, source)
+
+
+# --- what a full check decodes --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageFiles:
+    """The image files a reader's ``load`` decodes and how, so that :mod:`harness.data.verify` decodes exactly
+    those, exactly the same way (same function, same mode and size), and a file that passes cannot fail the load.
+
+    ``root`` is the folder they are under (the check's cache is kept per root; messages name it)."""
+
+    root: Path
+    paths: tuple[Path, ...]
+    mode: str
+    size: int
+    celeba_crop: bool = False
+
+    @property
+    def settings(self) -> str:
+        """What besides the bytes decides whether a file decodes: a file checked under other settings is checked
+        again."""
+        return f"{self.mode}/{self.size}/{'celeba' if self.celeba_crop else 'folder'}"
+
+    def decode(self, path: Path) -> None:
+        """Decode one file as the loader does; raises :class:`ImageDecodeError` naming it."""
+        _decode(path, self.mode, self.size, self.celeba_crop)
+
+
+def image_folder_files(cfg: DatasetConfig) -> ImageFiles:
+    listing = list_image_folder(cfg)
+    mode, size = _image_folder_mode(cfg, listing)
+    paths = [p for entries in (listing.train, listing.test) for p, _ in capped(entries, cfg.max_images_per_class)]
+    return ImageFiles(listing.root, tuple(paths), mode, size)
+
+
+def celeba_files(cfg: DatasetConfig) -> ImageFiles | None:
+    """The JPEGs ``load_celeba`` decodes, or None while the annotation files are absent (validation accepts a CelebA
+    suite before the data is placed; the load names what is missing)."""
+    folder = celeba_folder(cfg)
+    if not ((folder / CELEBA_ATTR_FILE).is_file() and (folder / CELEBA_PARTITION_FILE).is_file()):
+        return None
+    index = read_celeba_index(cfg, need_images=False)
+    paths = [folder / CELEBA_IMAGES / name for entries in _celeba_kept(cfg, index) for name, _ in entries]
+    mode = "L" if cfg.channels == 1 else "RGB"
+    return ImageFiles(folder / CELEBA_IMAGES, tuple(paths), mode, cfg.image_size or CELEBA_DEFAULT_SIZE, True)
