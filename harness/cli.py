@@ -144,6 +144,10 @@ def _session(suite, suite_file: Path, *, executor: str, address: str | None, run
     if address is not None and executor_cls.name == "inprocess":
         raise typer.BadParameter("--address is for the ray executor", param_hint="--address")
     run_storage = None
+    if storage is not None and recompute:  # trials read a finished result from storage: setting aside the local copy
+        err_console.print("[red]✗[/red] --recompute works on a run directory, not yet on a run in --storage: remove "
+                          "trials/TRIAL/result.json from the storage prefix yourself, then resume", highlight=False)
+        raise typer.Exit(2)
     if storage is not None:
         from harness.storage import RunStorage, StorageError, StorageUnavailable, check_storage_uri, run_key
 
