@@ -11,7 +11,10 @@
   instead, each trial uploads its trial directory there when it ends (from whichever node ran it), and the driver
   fetches the trial directories into its run directory when the experiment ends (in ``_fit``: runs and sweeps).
 * A diverging trial (non-finite loss) is reported as ``failed`` with its reason and is not retried; other errors are
-  retried up to ``max_failures`` times, then the trial errors and the suite goes on.
+  retried up to ``max_failures`` times, then the trial errors and the suite goes on. Tune itself errors a trial with
+  retries left when its node dies while the trial is being started on a reused actor (it sees that death twice):
+  the experiment is then restored and run again, up to ``max_failures`` rounds, so such trials run (trials that
+  errored past their retries get one more try in such a round).
 * Intermediate evaluations (a sweep with ASHA, ``evaluate_every``): the metrics are reported with ``step`` (steps
   done, the scheduler's time attribute); a trial the scheduler stops ends as ``stopped`` (``TrialStopped``).
 
@@ -192,6 +195,7 @@ class DriverCallback(Callback):
         self.run_dir, self.tracking, self.progress, self.storage = Path(run_dir), tracking, progress, storage
         self._trials: dict[str, tuple[TrialInfo, list[TrialCallback]]] = {}
         self._pending: dict[str, tuple[Any, str]] = {}  # Tune trial id -> (trial, why it ended without a result yet)
+        self.errored_with_retries: dict[str, tuple[Any, str]] = {}  # see on_trial_error
 
     def _trial(self, trial) -> tuple[TrialInfo, list[TrialCallback]]:
         if trial.trial_id not in self._trials:
@@ -222,13 +226,36 @@ class DriverCallback(Callback):
                 call_all(callbacks, "on_evaluation", state, event["step"], event["values"])
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        if (trial.last_result or {}).get("reused"):  # kept from an earlier invocation: tracked then
+        # "reused": run_trial had finished when this attempt began. Finished in an earlier invocation: tracked then.
+        # But a trial that started in this invocation (its events reached us) and whose node died after it wrote its
+        # result, before its final report, ends here too: its tracking and progress are finished now, once
+        if (trial.last_result or {}).get("reused") and trial.trial_id not in self._trials:
             return
         self._finish(trial, "ended without a result")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         error = trial.get_error()
-        self._finish(trial, f"{type(error).__name__}: {error}" if error is not None else "errored")
+        why = f"{type(error).__name__}: {error}" if error is not None else "errored"
+        if trial.should_recover():
+            # Tune errors a trial only past its retries, except when a failure reaches it while it is PENDING (Ray
+            # 2.60 TuneController._process_trial_failure): a node that dies while a reused actor is being reset for
+            # the trial fails both calls in flight, the first puts the trial back to PENDING for a retry and the
+            # second errors it. It had retries left: _fit resumes it instead of leaving it unfinished
+            self.errored_with_retries[trial.trial_id] = (trial, why)
+            return
+        self._finish(trial, why)
+
+    def take_errored_with_retries(self) -> list[str]:
+        """The names of the trials Tune errored although they had retries left (forgotten here: _fit resumes them)."""
+        names = [self._trial(trial)[0].spec.name for trial, _ in self.errored_with_retries.values()]
+        self.errored_with_retries.clear()
+        return names
+
+    def give_up_errored_with_retries(self) -> None:
+        """No more resuming: such trials end as any errored trial does."""
+        for trial, why in list(self.errored_with_retries.values()):
+            self._finish(trial, why)
+        self.errored_with_retries.clear()
 
     def _finish(self, trial, why: str) -> None:
         state, callbacks = self._trial(trial)
@@ -421,9 +448,21 @@ def _fit(
             )
         with quiet_tune(bool(verbose)):
             grid = tuner.fit()
+            for _ in range(max_failures):  # each round is at most one more try of a trial
+                resumed = driver.take_errored_with_retries()
+                if not resumed:
+                    break
+                log.warning("Tune errored %d trials that had retries left (%s): their node died while they were being "
+                            "started; resuming the experiment so that they run (from their checkpoints)",
+                            len(resumed), ", ".join(sorted(resumed)))
+                tuner = tune.Tuner.restore(experiment, trainable=trainable, param_space=param_space,
+                                           resume_unfinished=True, resume_errored=True)
+                grid = tuner.fit()
+            driver.give_up_errored_with_retries()
         for result in grid:
-            if result.error is not None:
-                log.error("trial %s errored: %s", _spec_of(result.config).name, result.error)
+            if result.error is not None:  # a trial that never reported has no config in its result: name its folder
+                name = _spec_of(result.config).name if result.config else Path(result.path).name
+                log.error("trial %s errored: %s", name, result.error)
         if storage is not None:  # the trials' outputs, from whichever nodes ran them
             storage.download("trials", run_dir / "trials")
         driver.finish_pending()

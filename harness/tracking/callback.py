@@ -26,6 +26,8 @@ class TrackingCallback(TrialCallback):
         self.tracker: TrialTracker | None = None
 
     def on_start(self, trial: TrialInfo) -> None:
+        if self.tracker is not None:  # a retried trial (its node died): what the failed attempt logged is kept
+            self.tracker.flush()
         self.tracker = TrialTracker(self.context, trial.spec)
         self.tracker.start()
         self.tracker.set_config(trial.method_config, trial.provenance)
