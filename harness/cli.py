@@ -1,5 +1,5 @@
 """The ``harness`` command: run, sweep, reproduce, evaluate, validate, report, ui, sync-tracking, methods,
-metrics."""
+metrics, study (human evaluation: :mod:`harness.study.commands`)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,15 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmark ha
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)  # errors unwrapped: one problem per line, greppable
 STORAGE_EXIT = 3  # shared storage stayed unreachable past its retry limit: the local results are intact
+
+
+def _add_study_commands() -> None:
+    from harness.study.commands import app as study_app
+
+    app.add_typer(study_app, name="study")
+
+
+_add_study_commands()
 
 
 @app.command()

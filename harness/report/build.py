@@ -28,6 +28,7 @@ import pandas as pd
 from harness.metrics.table import METRICS, UNKNOWN, Direction, collapsed, key_spec, split_class_key
 from harness.report.images import figure_png, split_rows, subplots
 from harness.report.load import ReportData
+from harness.report.study import study_sections
 from harness.report.model import Cell, Figure, ImageGrid, Row, Section, Table, Text, slug
 from harness.report.statistics import (
     ALPHA, MIN_WILCOXON_PAIRS, Comparison, compare, fmt, fmt_difference, mean_ci, median_iqr,
@@ -269,6 +270,7 @@ class Report:
         sweep = sweep_section(self.data.sweep_dir)
         if sweep is not None:
             out.append(sweep)
+        out += study_sections(self.data.run_dir)
         out.append(self._provenance())
         return out
 
