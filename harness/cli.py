@@ -511,6 +511,39 @@ def report(
 
 
 @app.command()
+def compare(
+    run_dir: Annotated[Path, typer.Argument(help="run directory", metavar="RUN_DIR")],
+    pair: Annotated[list[str], typer.Option("--pair", help="A:B, two method labels to compare (repeatable)")],
+    metrics: Annotated[str, typer.Option(help="comma-separated metric keys")] = "fid,kid,recall,class_consistency",
+    shots: Annotated[Optional[int], typer.Option(help="only trials at these shots")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="also write the Markdown tables here")] = None,
+) -> None:
+    """Planned comparisons: only the named pairs of methods, paired over (class split, seed), Holm-corrected across
+    the named pairs of each metric (the report corrects across every pair), with collapse rates and fit times."""
+    from harness.files import write_text
+    from harness.report import load_run_dir
+    from harness.report.planned import planned_comparisons, render_markdown
+
+    pairs = []
+    for i, text in enumerate(pair):
+        a, sep, b = text.partition(":")
+        if not sep or not a or not b:
+            err_console.print(f"[red]✗[/red] --pair[{i}]: {text!r} is not A:B (two method labels)", highlight=False)
+            raise typer.Exit(2)
+        pairs.append((a, b))
+    try:
+        data = load_run_dir(run_dir)
+        results = planned_comparisons(data, pairs, _name_list(metrics) or [], shots)
+    except (ValueError, FileNotFoundError) as exc:
+        err_console.print(f"[red]✗[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    text = render_markdown(data, pairs, results)
+    typer.echo(text)  # Markdown: unwrapped
+    if out is not None:
+        write_text(out, text)
+
+
+@app.command()
 def ui(
     run_dir: Annotated[Optional[Path], typer.Argument(help="run directory (default: the newest under runs/)")] = None,
     port: Annotated[int, typer.Option(help="port of the MLflow UI")] = 5000,

@@ -18,14 +18,14 @@ import pytest
 import torch
 import yaml
 from torchvision.utils import save_image
+from typer.testing import CliRunner
 
 from harness import tracking as tr
-from harness.executors import run_inprocess
+from harness.cli import app
 from harness.metrics.value import metrics_from_json
 from harness.report import build_report, fmt, load_mlflow, load_run_dir, mean_ci
 from harness.results import TrialResult
-from harness.run import RunDir
-from harness.suite import expand, load_suite
+from tracked import run_tracked
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "suites" / "smoke.yaml"
@@ -44,17 +44,9 @@ def tracked_run(tmp_path_factory):
     if "accuracy" in METRICS:
         data["evaluation"]["metrics"] = ["accuracy"]
         data["evaluation"]["accuracy"] = {"steps": 20, "seeds": 2}
-    suite_file = root / "smoke-report.yaml"
-    suite_file.write_text(yaml.safe_dump(data, sort_keys=False))
-    suite = load_suite(suite_file)
-    run = RunDir.create(suite, suite_file, path=root / "run")
-    uri = tr.resolve_tracking_uri(None, run.path)
-    context = tr.start_run_tracking(suite, suite_file, run.path, uri, executor="inprocess")
-    results = run_inprocess(expand(suite), run.path, device="cpu", tracking=context)
-    tr.finish_run_tracking(context, "FINISHED")
-    run.close()  # the run is over: commands on the run directory take its lock
+    path, uri, _, suite, results = run_tracked(data, root, "smoke-report")
     assert [r.status for r in results] == ["ok"] * 4
-    return run.path, uri, [m.label or m.name for m in suite.methods], bool(data["evaluation"]["metrics"])
+    return path, uri, [m.label or m.name for m in suite.methods], bool(data["evaluation"]["metrics"])
 
 
 def _table_rows(markdown: str, title: str) -> list[list[str]]:
@@ -497,3 +489,28 @@ def test_full_data_references_are_reported_apart_and_copy_shots_is_the_bar_besid
     assert "references trained on full data (never ranked): `dcgan-full`" in readme
     samples = _table_rows(readme, "Samples, 5 shots")
     assert samples[-1][0] == "dcgan-full (reference, full data) (seed 0)"
+
+
+def test_planned_comparisons_test_only_the_named_pairs(tmp_path):
+    """`harness compare`: a method 5 FID worse on every (split, seed) pair is worse beyond the noise; one that differs
+    by ±0.1 alternately is tied; Holm corrects over the two named pairs only, not over every pair of the run."""
+    from harness.report.planned import planned_comparisons
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    jitter = [0.1, -0.1, 0.05, -0.05, 0.2, -0.2, 0.1, -0.1]
+    for i, (split, seed) in enumerate((s, e) for s in (0, 1) for e in range(4)):
+        base = 50.0 + 7 * i
+        for label, fid in (("base", base), ("worse", base + 5 + 0.01 * i), ("same", base + jitter[i]),
+                           ("other", base - 30)):
+            _write_trial(run_dir, label, 10, seed, {"fid": _value(fid, False, metric="fid")}, split=split)
+    data = load_run_dir(run_dir)
+    worse, same = planned_comparisons(data, [("base", "worse"), ("base", "same")], ["fid"])
+    assert worse.difference.n == 8 and worse.difference.mean == pytest.approx(-5 - 0.01 * 3.5)
+    assert worse.difference.p == pytest.approx(2 / 2**8)  # exact Wilcoxon: all 8 differences of one sign
+    assert worse.difference.p_holm == pytest.approx(2 * 2 / 2**8)  # Holm over the 2 named pairs
+    assert worse.verdict == "base better" and same.verdict == "tied"
+    result = CliRunner().invoke(app, ["compare", str(run_dir), "--pair", "base:worse", "--pair", "base:wrose"])
+    assert result.exit_code == 2 and "'wrose' is not a method label" in result.output
+    result = CliRunner().invoke(app, ["compare", str(run_dir), "--pair", "base-worse"])
+    assert result.exit_code == 2 and "--pair[0]" in result.output

@@ -20,7 +20,6 @@ from typer.testing import CliRunner
 
 from harness import tracking as tr
 from harness.cli import app
-from harness.executors import run_inprocess
 from harness.metrics import accuracy as accuracy_module
 from harness.metrics import evaluator as evaluator_module
 from harness.metrics import ndb as ndb_module
@@ -29,8 +28,7 @@ from harness.metrics.cache import CACHE_ENV
 from harness.metrics.evaluator import DomainClassifierSettings
 from harness.report import load_mlflow, load_run_dir
 from harness.results import TrialResult
-from harness.run import RunDir
-from harness.suite import expand, load_suite
+from tracked import run_tracked
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = DomainClassifierSettings(widths=(8, 16, 16), feature_dim=32, min_steps=60, max_steps=60, epochs=1)
@@ -56,17 +54,9 @@ def tracked_run(tmp_path_factory):
         data["budget"]["steps"] = 4
         data["evaluation"].update(samples_per_class=40, metrics=METRICS_RUN, kid_subsets=10,
                                   accuracy={"steps": 10, "seeds": 1, "width": 4})
-        suite_file = root / "smoke-rescore.yaml"
-        suite_file.write_text(yaml.safe_dump(data, sort_keys=False))
-        suite = load_suite(suite_file)
-        run = RunDir.create(suite, suite_file, path=root / "run")
-        uri = tr.resolve_tracking_uri(None, run.path)
-        context = tr.start_run_tracking(suite, suite_file, run.path, uri, executor="inprocess")
-        results = run_inprocess(expand(suite), run.path, device="cpu", tracking=context)
-        tr.finish_run_tracking(context, "FINISHED")
-        run.close()  # the run is over: `harness evaluate` below takes the run directory's lock
+        path, _, context, _, results = run_tracked(data, root, "smoke-rescore")
         assert [r.status for r in results] == ["ok", "ok"]
-        yield run.path, context
+        yield path, context
     _clear_memory()
 
 

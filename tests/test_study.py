@@ -23,15 +23,13 @@ import pytest
 import yaml
 
 from harness import tracking as tr
-from harness.executors.inprocess import run_inprocess
-from harness.run import RunDir
 from harness.study.crowd import export_mturk, export_prolific, import_mturk, mturk_rows
 from harness.study.db import Responses
 from harness.study.manifest import (
     CATCH, GENERATED, REAL, StudyError, create_study, fooled, load_manifest, rater_plan, truth,
 )
 from harness.study.scoring import score_study
-from harness.suite import expand, load_suite
+from tracked import run_tracked
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "suites" / "smoke.yaml"
@@ -49,17 +47,9 @@ def demo_run(tmp_path_factory):
     data["protocol"]["seeds"] = [0, 1]
     data["budget"]["steps"] = 6
     data["evaluation"]["metrics"] = ["class_consistency"]
-    suite_file = root / "smoke-study.yaml"
-    suite_file.write_text(yaml.safe_dump(data, sort_keys=False))
-    suite = load_suite(suite_file)
-    run = RunDir.create(suite, suite_file, path=root / "run")
-    uri = tr.resolve_tracking_uri(None, run.path)
-    context = tr.start_run_tracking(suite, suite_file, run.path, uri, executor="inprocess")
-    results = run_inprocess(expand(suite), run.path, device="cpu", tracking=context)
-    tr.finish_run_tracking(context, "FINISHED")
-    run.close()
+    path, _, _, _, results = run_tracked(data, root, "smoke-study")
     assert [r.status for r in results] == ["ok"] * 4
-    return run.path
+    return path
 
 
 @pytest.fixture
