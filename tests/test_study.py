@@ -26,7 +26,7 @@ from harness import tracking as tr
 from harness.study.crowd import export_mturk, export_prolific, import_mturk, mturk_rows
 from harness.study.db import Responses
 from harness.study.manifest import (
-    CATCH, GENERATED, REAL, StudyError, create_study, fooled, load_manifest, rater_plan, truth,
+    CATCH, GENERATED, REAL, StudyError, create_study, fooled, load_manifest, rater_plan, rater_seed, truth,
 )
 from harness.study.scoring import score_study
 from tracked import run_tracked
@@ -423,6 +423,7 @@ def test_prolific_participant_is_registered_and_sent_back_with_the_code(study, s
     assert link == f"https://app.prolific.com/submissions/complete?cc={study.completion_code}"
     rater = Responses(study).rater("prolific-5f3a9c")
     assert rater.platform == "prolific" and rater.external["STUDY_ID"] == "st1" and rater.finished_at
+    assert rater.plan_seed == str(rater_seed(study, "prolific-5f3a9c"))  # the seed of their order, recorded
 
 
 # ------------------------------------------------------------------------------------------------ crowd platforms

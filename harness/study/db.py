@@ -1,9 +1,9 @@
 """A study's responses: one SQLite file (``responses.db`` in the study folder), through SQLAlchemy.
 
 One row per judgement — rater, trial, answer, the images in the order shown, response time, when, and where it came
-from (the web app, or an imported MTurk batch) — and one per rater (arrival number, seed of their plan, platform ids,
-when they finished). ``UNIQUE(rater, trial)`` makes a second answer to the same trial fail in the database itself, so
-two tabs, a double click or a re-imported CSV cannot count a judgement twice.
+from (the web app, or an imported MTurk batch) — and one per rater (arrival number, the seed of their plan's order,
+platform ids, when they finished). ``UNIQUE(rater, trial)`` makes a second answer to the same trial fail in the
+database itself, so two tabs, a double click or a re-imported CSV cannot count a judgement twice.
 
 Durability: the database runs in WAL mode with ``synchronous=FULL``, and every answer is its own committed
 transaction before the next page is served, so a server killed at any moment loses at most the answer whose request
@@ -24,7 +24,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from harness.study.manifest import Manifest, StudyError
+from harness.study.manifest import Manifest, StudyError, rater_seed
 
 __all__ = ["DB_FILE", "DoubleAnswer", "Judgement", "Rater", "Responses"]
 
@@ -37,6 +37,7 @@ _raters = sa.Table(
     sa.Column("id", sa.String, primary_key=True),
     sa.Column("number", sa.Integer, nullable=False, unique=True),
     sa.Column("platform", sa.String, nullable=False),
+    sa.Column("plan_seed", sa.String, nullable=False),  # seeds the rater's order and 2afc sides (rater_seed)
     sa.Column("external", sa.Text, nullable=False, default="{}"),
     sa.Column("started_at", sa.String, nullable=False),
     sa.Column("finished_at", sa.String),
@@ -64,6 +65,7 @@ class Rater:
     id: str
     number: int
     platform: str
+    plan_seed: str
     external: dict[str, Any]
     started_at: str
     finished_at: str | None
@@ -78,6 +80,11 @@ class Judgement:
     response_ms: int | None
     answered_at: str
     source: str
+
+
+def _rater(row: Any) -> Rater:
+    return Rater(row["id"], row["number"], row["platform"], row["plan_seed"], json.loads(row["external"]),
+                 row["started_at"], row["finished_at"])
 
 
 def _now() -> str:
@@ -120,8 +127,7 @@ class Responses:
     def rater(self, rater_id: str) -> Rater | None:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(_raters).where(_raters.c.id == rater_id)).mappings().first()
-        return None if row is None else Rater(row["id"], row["number"], row["platform"], json.loads(row["external"]),
-                                              row["started_at"], row["finished_at"])
+        return None if row is None else _rater(row)
 
     def rater_for(self, rater_id: str, platform: str = "web", external: dict[str, Any] | None = None) -> Rater:
         """The rater ``rater_id``, registered with the next arrival number on first sight (one statement, so two
@@ -133,6 +139,7 @@ class Responses:
         try:
             with self.engine.begin() as conn:
                 conn.execute(sa.insert(_raters).values(id=rater_id, number=number, platform=platform,
+                                                       plan_seed=str(rater_seed(self.manifest, rater_id)),
                                                        external=json.dumps(external or {}, sort_keys=True),
                                                        started_at=_now()))
         except sa.exc.IntegrityError:  # registered meanwhile by a concurrent request
@@ -144,8 +151,7 @@ class Responses:
     def raters(self) -> list[Rater]:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(_raters).order_by(_raters.c.number)).mappings().all()
-        return [Rater(r["id"], r["number"], r["platform"], json.loads(r["external"]), r["started_at"],
-                      r["finished_at"]) for r in rows]
+        return [_rater(r) for r in rows]
 
     def mark_finished(self, rater_id: str) -> None:
         with self.engine.begin() as conn:

@@ -48,7 +48,7 @@ from harness.files import read_json_object, write_bytes, write_json
 
 __all__ = [
     "ANSWERS", "CATCH", "DESIGNS", "GENERATED", "MANIFEST_FILE", "REAL", "Manifest", "PlannedTrial", "StudyError",
-    "StudyImage", "StudyTrial", "create_study", "load_manifest", "rater_plan", "truth",
+    "StudyImage", "StudyTrial", "create_study", "fooled", "load_manifest", "rater_plan", "rater_seed", "truth",
 ]
 
 MANIFEST_FILE = "manifest.json"
@@ -177,6 +177,8 @@ def fooled(manifest: Manifest, trial: StudyTrial, answer: str, shown: Sequence[s
 
 
 def rater_seed(manifest: Manifest, rater: str) -> int:
+    """The seed of ``rater``'s order and 2afc sides: sha256 of the study seed, the study name and the rater id (the
+    responses database records it with the rater)."""
     digest = hashlib.sha256(f"{manifest.seed}:{manifest.name}:{rater}".encode()).hexdigest()
     return int(digest[:16], 16)
 
