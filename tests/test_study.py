@@ -561,3 +561,23 @@ def test_scores_match_a_direct_count_and_reach_mlflow_and_the_report(study, demo
         metrics = children[trial_id][0].data.metrics
         assert metrics[f"study/{study.name}/fooling_rate"] == pytest.approx(by[method_of[trial_id]].rate)
         assert f"study/{study.name}/trial_fooling_rate" in metrics
+
+
+def test_exposure_time_hides_the_image_after_its_milliseconds(demo_run, tmp_path, serve, browser):
+    """HYPE-time: with --exposure-ms the image is replaced by a grey box that long after it loaded; the rater can
+    still answer, and the response time is measured from the moment it was shown."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    m = create_study(demo_run, tmp_path / "timed", images_per_method=2, trials_per_rater=4, catch_trials=1,
+                     exposure_ms=300)
+    server = serve(m.folder)
+    browser.get(server.base + "/r/carol")
+    assert browser.find_elements(By.CSS_SELECTOR, "img.stimulus")
+    WebDriverWait(browser, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".hidden-box"))
+    assert not browser.find_elements(By.CSS_SELECTOR, "img.stimulus")
+    time.sleep(0.2)
+    browser.find_element(By.ID, "answer-generated").click()
+    WebDriverWait(browser, 10).until(lambda d: "Question 2 of" in d.find_element(By.ID, "progress-text").text)
+    (stored,) = Responses(m).judgements()
+    assert stored.answer == "generated" and stored.response_ms >= 300
