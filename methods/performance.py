@@ -1,16 +1,21 @@
 """Speed settings shared by the training loops (``AdversarialMethod.fit`` and ``GLICO.fit``), implemented once here.
 
-Every setting defaults to off: with the defaults the code path is the one that produced the published fp32 results,
-bit for bit. They are config fields, so suites set them per method entry and every result records them (the method
-config is part of a trial's provenance). ``benchmarks/bench_training.py`` measures what each one buys.
+Every setting defaults to off here; DCGAN, MetaCGAN and GLICO default to ``precision="bf16"`` with ``channels_last``
+(their defaults version 2 / 3 / 3): on trial over the validity protocol's 12 (split, seed) pairs each
+(``suites/bf16_paired.yaml``, scored on validation classes; reports/bf16_paired), bf16 + channels-last was tied with
+fp32 on every metric and the fastest setting. A suite that writes ``precision: fp32`` and ``channels_last: false``
+gets the fp32 code path that produced the earlier results, bit for bit. They are config fields, so suites set them
+per method entry and every result records them (the method config is part of a trial's provenance).
+``benchmarks/bench_training.py`` measures what each one buys.
 
 * ``precision = "bf16"``: each training step runs under ``torch.autocast(device, dtype=torch.bfloat16)``. Weights,
   gradients and optimiser state stay float32 (autocast casts per operation: convolutions and matrix products run in
   bfloat16, the rest as before); the networks return float32 logits so losses are computed in float32. On a CPU with
-  AVX512-BF16 the convolutions run about twice as fast as in float32. Results change (bfloat16 keeps 8 mantissa bits),
-  so it is opt-in; ``sample`` runs in float32.
+  AVX512-BF16 or AMX the convolutions run faster than in float32; on a CPU without native bfloat16 (no AVX512-BF16,
+  no AMX) they are emulated and slower, which :func:`bf16_warning` says. Results change (bfloat16 keeps 8 mantissa
+  bits); ``sample`` runs in float32.
 * ``channels_last``: 4-D weights (and so the convolutions' outputs) use the NHWC memory format, which oneDNN prefers;
-  results change in the last bits (other kernels), so opt-in.
+  results change in the last bits (other kernels).
 * ``compile``: ``nn.Module.compile()`` (TorchInductor) on the networks; state-dict keys are unchanged. The first steps
   pay the compilation, and sampling (eval mode, other batch sizes) compiles again. Not supported with the gradient
   penalty (AOTAutograd has no double backward; WGAN-GP's config refuses it). On the 2-core development CPU it did not
@@ -32,7 +37,27 @@ import pydantic
 import torch
 from torch import nn
 
-__all__ = ["PerformanceConfig", "autocast", "fill_contiguous", "prepare_networks", "prepare_optimizer"]
+__all__ = ["PerformanceConfig", "autocast", "bf16_warning", "channels_last_field", "fill_contiguous", "precision_field",
+           "prepare_networks", "prepare_optimizer"]
+_WARNED: set[str] = set()
+
+
+def precision_field(default: str):
+    """The ``precision`` field with ``default``: methods whose bf16 results were put on trial (≥ 10 paired (split,
+    seed) pairs, reports/bf16_paired) default to bf16, the others to fp32."""
+    return pydantic.Field(
+        default, description="arithmetic of the training step: fp32, or bf16 autocast (float32 weights, gradients and "
+        "optimiser state; convolutions and matrix products in bfloat16). Changes results in the last bits; tied with "
+        "fp32 where it is the default (reports/bf16_paired)"
+    )
+
+
+def channels_last_field(default: bool):
+    """The ``channels_last`` field with ``default`` (see :func:`precision_field`)."""
+    return pydantic.Field(
+        default, description="NHWC memory format for the networks' 4-D weights and feature maps (oneDNN's preferred "
+        "layout); changes results in the last bits"
+    )
 
 
 class PerformanceConfig(pydantic.BaseModel):
@@ -40,14 +65,8 @@ class PerformanceConfig(pydantic.BaseModel):
 
     model_config = pydantic.ConfigDict(extra="forbid")
 
-    precision: Literal["fp32", "bf16"] = pydantic.Field(
-        "fp32", description="arithmetic of the training step: fp32, or bf16 autocast (float32 weights, gradients and "
-        "optimiser state; convolutions and matrix products in bfloat16). Opt-in: changes results"
-    )
-    channels_last: bool = pydantic.Field(
-        False, description="NHWC memory format for the networks' 4-D weights and feature maps (oneDNN's preferred "
-        "layout); opt-in: changes results in the last bits"
-    )
+    precision: Literal["fp32", "bf16"] = precision_field("fp32")
+    channels_last: bool = channels_last_field(False)
     compile: bool = pydantic.Field(
         False, description="torch.compile the networks (TorchInductor); the first steps pay the compilation"
     )
@@ -55,6 +74,21 @@ class PerformanceConfig(pydantic.BaseModel):
         False, description="fused optimiser kernels where PyTorch has them (Adam, AdamW, SGD; else foreach); opt-in: "
         "changes results by rounding"
     )
+
+
+def bf16_warning(config: PerformanceConfig, device: torch.device) -> str | None:
+    """What to tell a user whose CPU has no native bfloat16 (no AVX512-BF16, no AMX) and who trains in bf16: it is
+    emulated there, slower than fp32. None when that is not the case (GPUs decide for themselves)."""
+    if config.precision != "bf16" or device.type != "cpu":
+        return None
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        native = False
+    if native:
+        return None
+    return ("precision: bf16 on a CPU without native bfloat16 (no AVX512-BF16 or AMX): it is emulated and slower "
+            "than fp32 here; set precision: fp32 (and channels_last: false) in the method's params")
 
 
 def autocast(config: PerformanceConfig, device: torch.device) -> contextlib.AbstractContextManager:
@@ -65,6 +99,12 @@ def autocast(config: PerformanceConfig, device: torch.device) -> contextlib.Abst
     updates) would reuse the bfloat16 copy of the weights from before the update.
     """
     if config.precision == "bf16":
+        message = bf16_warning(config, device)
+        if message and message not in _WARNED:  # once per process, not once per step
+            _WARNED.add(message)
+            import warnings
+
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
         return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext()
 
