@@ -238,6 +238,9 @@ def test_shipped_suites_validate(path):
 # its own config (commit 3b13645, one flat DatasetConfig) and checked equal to today's. Run directories are resumed by
 # comparing suite hashes and trial directories are named by trial id: a change here orphans every existing run.
 PINNED_HASHES = {
+    # DCGAN defaults version 2 and MetaCGAN / GLICO defaults version 3 (bf16 + channels-last, issue #16's trial,
+    # reports/bf16_paired): the trial ids of every entry that leaves precision or channels_last to the default
+    # moved (suite hashes did not: the files did not change), CGAN's and WGAN's did not.
     # MetaCGAN defaults version 2 (encoder_update: generator, chosen by reports/seed_methods_ablation): every bare
     # metacgan entry's trial ids moved, so no run directory reuses a result of the old reading as one of the new.
     # The two published suites (fewshot_mnist_validity: was 23f8d23784e0 / d31d1933a3a8c427; ablation_seed_methods,
@@ -247,21 +250,25 @@ PINNED_HASHES = {
     # classes: both suite hashes moved, their trial ids did not. The record's bare `glico` entry (then the long
     # schedule) is now GLICO defaults version 2 (the official schedule): its trial ids moved (were e02cce127cdb2643),
     # so re-running the record no longer passes off the new default's results as the old ones
-    "reports/fewshot_mnist_sweep_asha/suite.yaml": ("a9cbb66414f6", "000a1ba0ba9efad7"),
-    "suites/ablation_metacgan_nc.yaml": ("9194b33d3976", "fb31a8270a179176"),
+    "reports/fewshot_mnist_sweep_asha/suite.yaml": ("a9cbb66414f6", "b7c026a640c9f95e"),
+    "suites/ablation_metacgan_nc.yaml": ("9194b33d3976", "20e678ab22bd975e"),
     "suites/bench_bf16.yaml": ("88246848be54", "8b389c5d9fe3b52f"),
     # the copy/augment baselines and the full-data references joined these four (ADDED_ENTRIES, out of the trial-id
     # hash), and GLICO moved to its official schedule (budget.epochs: 202) with glico-long (and glico-midpoint in the
     # MNIST suites) beside it: the suite hashes and GLICO's trial ids moved, every other trial id did not
-    "suites/fewshot_celeba.yaml": ("4fd1c6d507df", "7d3ac23a29488653"),
-    "suites/fewshot_fashion.yaml": ("7aaeec3f2872", "e096f24b8036b04c"),
-    "suites/fewshot_mnist.yaml": ("e710cbe748b9", "9c3b6c7aa9b7cfb0"),
-    "suites/fewshot_mnist_full.yaml": ("9bd116793b19", "752bbe4c1f2807a3"),
-    # published as reports/fewshot_mnist_validity with ("21c4adb1d652", "96ea44f10333dc78"); its glico entry now says
-    # schedule: long (what ran), so the file keeps giving the published numbers: hash and GLICO's ids moved
-    "suites/fewshot_mnist_validity.yaml": ("b9a2ce29ca22", "8d52353daf72d66b"),
-    "suites/ablation_seed_methods.yaml": ("86c43c762968", "1d5829a6dede8b6c"),  # see above
-    "suites/smoke.yaml": ("a3c8ef8fd8e0", "aec2672739060de3"),
+    "suites/fewshot_celeba.yaml": ("4fd1c6d507df", "117f34c940e67ea5"),
+    "suites/fewshot_fashion.yaml": ("7aaeec3f2872", "0faf0042e9f03b64"),
+    "suites/fewshot_mnist.yaml": ("e710cbe748b9", "5762bd84a30616b4"),
+    "suites/fewshot_mnist_full.yaml": ("9bd116793b19", "01a6f82cf4576f1c"),
+    # version 1 published as reports/fewshot_mnist_validity with ("21c4adb1d652", "96ea44f10333dc78"), pinned to its
+    # defaults as ("b9a2ce29ca22", "8d52353daf72d66b"); version 2 runs every method at the current defaults
+    "suites/fewshot_mnist_validity.yaml": ("8d4d123fb46b", "3c152ce066227a46"),
+    # was ("86c43c762968", "1d5829a6dede8b6c"): its MetaCGAN and GLICO entries now write out precision: fp32,
+    # channels_last: false (what ran), so the file keeps giving the published numbers; their ids moved
+    "suites/ablation_seed_methods.yaml": ("be82f541698e", "3e92c57cd553c15d"),
+    # the bf16 trial (issue #16); every arm writes out precision and channels_last (the defaults moved on its result)
+    "suites/bf16_paired.yaml": ("119a335a004d", "df2762271a8fa2d1"),
+    "suites/smoke.yaml": ("a3c8ef8fd8e0", "28d1c8564f658d03"),
 }
 
 
@@ -283,7 +290,7 @@ def test_suite_hash_and_trial_ids_are_pinned(relative):
     ids = [t.trial_id for t in expand(suite) if t.label not in added]
     assert (suite_hash(suite), hashlib.sha256(",".join(ids).encode()).hexdigest()[:16]) == PINNED_HASHES[relative]
     if relative == "suites/smoke.yaml":
-        assert ids == ["e9341e38366c", "5bd5c2f166ad"]
+        assert ids == ["568c53229566", "5bd5c2f166ad"]  # dcgan's moved with its defaults version 2 (was e9341e38366c)
 
 
 def test_every_shipped_suite_is_pinned():
@@ -471,22 +478,24 @@ def test_random_splits_need_room_for_base_classes():
 
 
 def test_a_changed_method_default_changes_the_ids_of_the_trials_left_to_it_only():
-    """GLICO's default schedule changed (defaults version 2): an entry that leaves `schedule` unset means something
-    else than before and gets a new id; one that sets it keeps its id (every shipped suite sets it: pinned above)."""
+    """GLICO's defaults changed twice (version 2: the schedule; 3: bf16 + channels-last): an entry that leaves a
+    changed setting unset means something else than before and gets a new id; one that sets them all keeps its id."""
     from harness.registry import METHODS
     from harness.suite import TrialSpec
 
     glico = METHODS.get("glico")
-    assert glico.defaults_version({}) == 2 and glico.defaults_version({"schedule": "long"}) == 1
-    assert METHODS.get("dcgan").defaults_version({}) == 1
+    assert glico.defaults_version({}) == 3 and glico.defaults_version({"schedule": "long"}) == 3
+    assert glico.defaults_version({"precision": "fp32", "channels_last": False}) == 2
+    assert glico.defaults_version({"schedule": "long", "precision": "bf16", "channels_last": True}) == 1
+    assert METHODS.get("dcgan").defaults_version({}) == 2 and METHODS.get("cgan").defaults_version({}) == 1
 
     def first(params):
         text = (SUITES / "smoke.yaml").read_text().replace("  - {name: dcgan, params: {width: 16}}\n", "").replace(
             "  - {name: cgan, params: {width: 16}}", f"  - {{name: glico, params: {params}}}")
         return expand(parse_suite(yaml.safe_load(text)))[0]
 
-    bare, pinned = first("{}"), first("{schedule: official}")
-    assert bare.method_defaults == 2 and pinned.method_defaults == 1
-    as_before = bare.model_copy(update={"method_defaults": 1})  # what the bare entry hashed to before the change
+    bare, pinned = first("{}"), first("{schedule: official, precision: bf16, channels_last: true}")
+    assert bare.method_defaults == 3 and pinned.method_defaults == 1
+    as_before = bare.model_copy(update={"method_defaults": 2})  # what the bare entry hashed to before the change
     assert bare.trial_id != as_before.trial_id
     assert TrialSpec.model_validate(bare.model_dump(mode="json")).trial_id == bare.trial_id
