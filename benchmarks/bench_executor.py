@@ -14,7 +14,8 @@ widths, metrics and seeds are the suite's. The evaluator is trained (or loaded f
 pass starts from a copy of that cache, so neither pass finds the other's cached reference statistics or accuracy
 baselines.
 
-    .venv/bin/python benchmarks/bench_executor.py [suites/fewshot_mnist.yaml] [--steps 100] [--workers 2] [--suite-budgets]
+    .venv/bin/python benchmarks/bench_executor.py [suites/fewshot_mnist.yaml] [--steps 100] [--workers 2]
+        [--suite-budgets]
 """
 
 from __future__ import annotations

@@ -14,8 +14,11 @@ Per method (28×28 embedded MNIST, batch 64; digits 0-4 base, 5-9 novel with 10 
   update of codes, generator and classifier per batch (the official shuffled loader: one batch of all the shots per
   epoch), the perceptual features of the real images computed per batch (``fit`` caches them). ``plain-bf16`` is
   the same loop with the forward under bf16 autocast (the textbook way), to show what bf16 alone gives.
-* ``fit``: the method's ``fit`` through the harness interface, with its default settings and with each speed setting
-  of :mod:`methods.performance` (``fused``, ``cl`` = channels-last, ``bf16``, ``compile``).
+* ``fit``: the method's ``fit`` through the harness interface with its default settings (bf16 + channels-last for
+  DCGAN, MetaCGAN and GLICO since the bf16 trial, fp32 for WGAN-GP and CGAN), and ``fit-*`` with each speed setting of
+  :mod:`methods.performance` written out in full (``fp32``, ``bf16``, ``cl`` = channels-last, ``fused`` optimiser,
+  ``fold`` = the output layer as a product + ``F.fold``, ``lookup`` = the label maps as a per-class lookup,
+  ``compile``), so that a variant's meaning does not move when a default does. A setting a method lacks is skipped.
 
 Steps/s: one step is one generator update (with its ``n_critic`` critic updates), GLICO one optimisation step. Each
 configuration runs a few warm-up steps, then a fixed wall-clock window; timestamps are taken after every step
@@ -25,13 +28,17 @@ Thread settings: ``1`` and ``2`` threads in one process, and ``packed`` = two 1-
 configuration at once (their windows start together), total steps/s: how the harness runs trials on 2 cores.
 
 MFU = FLOPs per step × steps/s ÷ peak, FLOPs counted with ``torch.utils.flop_counter.FlopCounterMode`` over real
-training steps of that loop (eager fp32; convolutions and matrix products, forward and backward, every critic update),
-peak = the best of a warm 2048³ matmul in the same dtype and thread count measured in the same run (packed: the
-2-thread peak). bf16 rows are against the bf16 peak. A profile (``torch.profiler``, 1 thread) of ``fit`` and
-``fit-bf16`` names what the time goes to.
+training steps of that loop (nominal FLOPs, eager; convolutions and matrix products, forward and backward, every
+critic update), peak = the best of a warm 2048³ matmul in the same dtype and thread count measured in the same run
+(packed: the 2-thread peak). bf16 rows (``fit`` included where its default is bf16) are against the bf16 peak. A
+profile (``torch.profiler``, 1 thread) of ``fit-fp32`` and ``fit-bf16-cl`` (``--profile``) names what the time goes to.
+
+``--repeat N`` times every window N times, in interleaved rounds (every other round in reverse order), and gives the
+median with its spread; the "× plain" column and the gains listed under the table are medians of per-round ratios
+(variant and reference timed seconds apart), which cancel the machine's speed drifting during the run.
 
     PYTHONPATH=. python benchmarks/bench_training.py [--quick] [--methods dcgan,cgan] [--threads 1,2,packed]
-        [--window 1.5] [--compile] [--out reports/benchmarks_training.md]
+        [--window 1.5] [--repeat 5] [--compile] [--out reports/benchmarks_training.md]
 
 Prints ratios, asserts nothing about timings. Quiet machine wanted: the load average is printed with the table.
 """
@@ -46,6 +53,7 @@ import multiprocessing as mp
 import os
 import platform
 import shlex
+import statistics
 import sys
 import time
 import traceback
@@ -85,22 +93,62 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "metacgan": ("metacgan", {"width": 32}),
     "glico": ("glico", {"base_classifier_steps": 20}),
 }
-# variant -> (loop, speed settings)
+# variant -> (loop, speed settings). ``fit`` is the method's defaults (bf16 + channels-last for DCGAN, MetaCGAN and
+# GLICO since the bf16 trial, fp32 for the others); every other ``fit-*`` variant writes out all the settings it
+# runs with, so its meaning does not move with the defaults.
+FP32 = {"precision": "fp32", "channels_last": False}
+BF16_CL = {"precision": "bf16", "channels_last": True}
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "plain": ("plain", {}),
     "plain-bf16": ("plain", {"precision": "bf16"}),
     "fit": ("fit", {}),
-    "fit-fused": ("fit", {"fused_optimizer": True}),
-    "fit-cl": ("fit", {"channels_last": True}),
-    "fit-bf16": ("fit", {"precision": "bf16"}),
-    "fit-bf16-cl": ("fit", {"precision": "bf16", "channels_last": True}),
-    "fit-bf16-cl-fused": ("fit", {"precision": "bf16", "channels_last": True, "fused_optimizer": True}),
-    "fit-compile": ("fit", {"compile": True}),
-    "fit-bf16-compile": ("fit", {"precision": "bf16", "compile": True}),
+    "fit-fp32": ("fit", FP32),
+    "fit-fused": ("fit", {**FP32, "fused_optimizer": True}),
+    "fit-cl": ("fit", {"precision": "fp32", "channels_last": True}),
+    "fit-bf16": ("fit", {"precision": "bf16", "channels_last": False}),
+    "fit-bf16-cl": ("fit", BF16_CL),
+    "fit-bf16-cl-fused": ("fit", {**BF16_CL, "fused_optimizer": True}),
+    # the slow spots of issue #16: the output layer as a product + F.fold, the label maps as a per-class lookup
+    "fit-fp32-fold": ("fit", {**FP32, "fold_output": True}),
+    "fit-fp32-lookup": ("fit", {**FP32, "label_lookup": True}),
+    "fit-bf16-cl-fold": ("fit", {**BF16_CL, "fold_output": True}),
+    "fit-bf16-cl-lookup": ("fit", {**BF16_CL, "label_lookup": True}),
+    "fit-bf16-cl-fold-lookup-fused": ("fit", {**BF16_CL, "fold_output": True, "label_lookup": True,
+                                              "fused_optimizer": True}),
+    "fit-compile": ("fit", {**FP32, "compile": True}),
+    "fit-bf16-compile": ("fit", {"precision": "bf16", "channels_last": False, "compile": True}),
 }
 NO_COMPILE = {"wgan_gp"}  # the gradient penalty's double backward (its config refuses compile)
 DEFAULT_VARIANTS = [v for v in VARIANTS if "compile" not in v]
-PACKED_VARIANTS = ["plain", "fit", "fit-bf16", "fit-bf16-cl"]
+PACKED_VARIANTS = ["plain", "fit", "fit-fp32", "fit-bf16-cl"]
+PROFILED = ["fit-fp32", "fit-bf16-cl"]
+# (setting, its reference): the gains the notes list, each measured against the variant it adds one thing to
+GAINS = [("fit-bf16-cl", "fit-fp32"), ("fit-fp32-fold", "fit-fp32"), ("fit-fp32-lookup", "fit-fp32"),
+         ("fit-bf16-cl-fold", "fit-bf16-cl"), ("fit-bf16-cl-lookup", "fit-bf16-cl"),
+         ("fit-bf16-cl-fused", "fit-bf16-cl"), ("fit-bf16-cl-fold-lookup-fused", "fit-bf16-cl")]
+COMPILE_BASE = {"fit-compile": "fit-fp32", "fit-bf16-compile": "fit-bf16"}  # what each compiled variant is against
+
+
+def applies(label: str, variant: str) -> bool:
+    """Whether ``variant`` is a setting ``label`` has (``label_lookup`` exists for the GAN baselines only, and only
+    changes something for the conditional ones)."""
+    loop, options = VARIANTS[variant]
+    if loop == "plain":
+        return True
+    cls = get_method(METHODS[label][0])
+    if options.get("label_lookup") and not cls.conditional:
+        return False
+    return all(key in cls.Config.model_fields for key in options)
+
+
+def precision_of(label: str, variant: str) -> str:
+    """The arithmetic ``variant`` of ``label`` trains in (``fit`` follows the method's default), so that its MFU is
+    against the matching peak."""
+    loop, options = VARIANTS[variant]
+    if loop == "plain":
+        return options.get("precision", "fp32")
+    name, params = METHODS[label]
+    return get_method(name).Config(**{**params, **options}).precision
 
 
 # ---- data ------------------------------------------------------------------------------------------------------------
@@ -308,7 +356,8 @@ def plain_updates(m, task: FewShotTask) -> Callable[[int], list[Update]]:
 def run_variant(label: str, variant: str, tasks: dict[bool, FewShotTask], clock: Clock) -> None:
     loop, options = VARIANTS[variant]
     if loop == "plain":
-        m = build(label, {}, tasks[get_method(METHODS[label][0]).conditional])
+        # fp32, NCHW networks whatever the method's defaults: the textbook loop is the PyTorch example's
+        m = build(label, FP32, tasks[get_method(METHODS[label][0]).conditional])
         task = tasks[m.conditional]
         textbook_loop(plain_updates(m, task), clock, bf16=options.get("precision") == "bf16")
     else:
@@ -337,8 +386,8 @@ class _NoModuleTracking:
 
 
 def count_flops(label: str, loop: str, tasks, steps: int = 4) -> float:
-    """FLOPs per step of ``loop`` (eager fp32), averaged over ``steps`` steps after the first (MetaCGAN alternates
-    base and novel batches every ``n_c = 4`` steps)."""
+    """FLOPs per step of ``loop`` (eager; nominal, the same in any precision), averaged over ``steps`` steps after
+    the first (MetaCGAN alternates base and novel batches every ``n_c = 4`` steps)."""
     counter = FlopCounterMode(display=False)
     counter.mod_tracker = _NoModuleTracking()
     totals: dict[int, int] = {}
@@ -403,12 +452,23 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
 
 # ---- workers ---------------------------------------------------------------------------------------------------------
 
-def worker(jobs: list[tuple], threads: int, window: float, barrier, queue) -> None:
+def schedule(jobs: list[tuple], repeat: int) -> list[tuple[int, tuple]]:
+    """``(round, job)`` in running order: peaks, FLOP counts and profiles once, the timed windows ``repeat`` times,
+    every other round in reverse order, so that a drift of the machine's speed (other tenants, clock changes) during
+    the run falls on every variant alike instead of on the ones that happen to run late."""
+    rates = [job for job in jobs if job[0] == "rate"]
+    plan = [(0, job) for job in jobs if job[0] != "rate"]
+    for r in range(repeat):
+        plan += [(r, job) for job in (rates if r % 2 == 0 else rates[::-1])]
+    return plan
+
+
+def worker(jobs: list[tuple], threads: int, window: float, repeat: int, barrier, queue) -> None:
     """Runs ``jobs`` in this process with ``threads`` torch threads, putting ``(job, result)`` on ``queue``."""
     os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler's start/stop chatter on stderr
     torch.set_num_threads(threads)
     tasks = make_tasks()
-    for job in jobs:
+    for round_, job in schedule(jobs, repeat):
         kind, *args = job
         try:
             if kind == "peak":
@@ -418,7 +478,7 @@ def worker(jobs: list[tuple], threads: int, window: float, barrier, queue) -> No
             elif kind == "profile":
                 result = profile(*args, tasks)
             else:
-                result = measure_rate(*args, tasks, window, barrier)
+                result = {**measure_rate(*args, tasks, window, barrier), "round": round_}
         except Exception as exc:  # noqa: BLE001 - a failing configuration is reported in the table
             traceback.print_exc()
             if barrier is not None:
@@ -428,12 +488,14 @@ def worker(jobs: list[tuple], threads: int, window: float, barrier, queue) -> No
     queue.put(None)
 
 
-def run_workers(jobs: list[tuple], threads: int, window: float, processes: int = 1) -> dict[tuple, list[Any]]:
+def run_workers(jobs: list[tuple], threads: int, window: float, processes: int = 1,
+                repeat: int = 1) -> dict[tuple, list[Any]]:
     """``jobs`` in ``processes`` fresh processes at once (``packed``: their timed windows start together)."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     barrier = ctx.Barrier(processes) if processes > 1 else None
-    procs = [ctx.Process(target=worker, args=(jobs, threads, window, barrier, queue)) for _ in range(processes)]
+    procs = [ctx.Process(target=worker, args=(jobs, threads, window, repeat, barrier, queue))
+             for _ in range(processes)]
     for p in procs:
         p.start()
     results: dict[tuple, list[Any]] = {}
@@ -501,6 +563,9 @@ def main() -> None:
     parser.add_argument("--threads", default=None, help="of 1, 2, packed (default 1,2,packed; quick: 1)")
     parser.add_argument("--window", type=float, default=None, help="seconds per timed window (default 1.5; quick 0.3)")
     parser.add_argument("--compile", action="store_true", help="also the torch.compile variants (1 thread only)")
+    parser.add_argument("--repeat", type=int, default=1, help="timed windows per configuration, interleaved "
+                        "(alternate rounds in reverse order); the table gives the median and the spread")
+    parser.add_argument("--profile", default=",".join(PROFILED), help="variants to profile (1 thread)")
     parser.add_argument("--no-profile", action="store_true", help="skip the torch.profiler breakdown")
     parser.add_argument("--out", type=Path, default=None, help="write the table as a Markdown section here")
     args = parser.parse_args()
@@ -516,6 +581,10 @@ def main() -> None:
     if "plain" not in variants:
         variants.insert(0, "plain")
     compile_variants = ["fit-compile", "fit-bf16-compile"] if args.compile else []
+    profiled = [v for v in args.profile.split(",") if v]
+    for v in profiled:
+        if v not in VARIANTS:
+            parser.error(f"unknown variant to profile {v!r}; choose from {', '.join(VARIANTS)}")
     threads = (args.threads or ("1" if args.quick else "1,2,packed")).split(",")
     window = args.window or (0.3 if args.quick else 1.5)
     command = "PYTHONPATH=. python " + " ".join(shlex.quote(a) for a in sys.argv)
@@ -534,15 +603,15 @@ def main() -> None:
         for label in labels:
             if setting == threads[0]:
                 jobs += [("flops", label, "plain"), ("flops", label, "fit")]
-            jobs += [("rate", label, v) for v in chosen]
+            jobs += [("rate", label, v) for v in chosen if applies(label, v)]
             if setting == "1" and label not in NO_COMPILE:
                 jobs += [("rate", label, v) for v in compile_variants]
                 if not args.no_profile:
-                    jobs += [("profile", label, "fit"), ("profile", label, "fit-bf16")]
+                    jobs += [("profile", label, v) for v in profiled if applies(label, v)]
         print(f"{setting} thread(s){' (2 processes)' if processes > 1 else ''}: {len(jobs)} jobs", flush=True)
-        results[setting] = run_workers(jobs, n_threads, window, processes)
+        results[setting] = run_workers(jobs, n_threads, window, processes, args.repeat)
 
-    table, notes = report(results, labels, variants + compile_variants, threads)
+    table, notes = report(results, labels, variants + compile_variants, threads, profiled)
     print()
     print(table)
     print(notes)
@@ -557,7 +626,7 @@ def main() -> None:
         print(f"wrote {args.out}")
 
 
-def report(results, labels, variants, threads) -> tuple[str, str]:
+def report(results, labels, variants, threads, profiled=tuple(PROFILED)) -> tuple[str, str]:
     first = results[threads[0]]
 
     def one(setting: str, job: tuple) -> Any:
@@ -571,11 +640,29 @@ def report(results, labels, variants, threads) -> tuple[str, str]:
             value = 2 * one("1", ("peak", dtype))
         return value if isinstance(value, float) else None
 
-    def rate(setting: str, label: str, variant: str) -> float | None:
+    def rounds(setting: str, label: str, variant: str) -> list[float] | None:
+        """Steps/s of each round (packed: the processes' sum)."""
         values = results.get(setting, {}).get(("rate", label, variant))
         if not values or any("error" in v for v in values):
             return None
-        return sum(v["rate"] for v in values)
+        totals: dict[int, float] = {}
+        for v in values:
+            totals[v.get("round", 0)] = totals.get(v.get("round", 0), 0.0) + v["rate"]
+        return list(totals.values())
+
+    def rate(setting: str, label: str, variant: str) -> float | None:
+        values = rounds(setting, label, variant)
+        return statistics.median(values) if values else None
+
+    def ratios(setting: str, label: str, variant: str, base: str) -> list[float] | None:
+        """``variant`` ÷ ``base`` round by round: the two ran seconds apart, so a drift of the machine's speed over
+        the run cancels (the median of these is the table's ratio)."""
+        a, b = rounds(setting, label, variant), rounds(setting, label, base)
+        return [x / y for x, y in zip(a, b)] if a and b and len(a) == len(b) else None
+
+    def ratio(setting: str, label: str, variant: str, base: str) -> float | None:
+        values = ratios(setting, label, variant, base)
+        return statistics.median(values) if values else None
 
     head = ["method", "variant", "GFLOP/step"]
     for s in threads:
@@ -584,11 +671,11 @@ def report(results, labels, variants, threads) -> tuple[str, str]:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label in labels:
         flops = {loop: first.get(("flops", label, loop), [None])[0] for loop in ("plain", "fit")}
-        for variant in variants:
-            loop, options = VARIANTS[variant]
+        for variant in (v for v in variants if applies(label, v)):
+            loop = VARIANTS[variant][0]
             f = flops[loop] if isinstance(flops[loop], float) else None
             row = [label, variant, fmt(f / 1e9 if f else None, ".3f")]
-            dtype = "bfloat16" if options.get("precision") == "bf16" else "float32"
+            dtype = "bfloat16" if precision_of(label, variant) == "bf16" else "float32"
             present = False
             for s in threads:
                 values = results.get(s, {}).get(("rate", label, variant))
@@ -601,10 +688,13 @@ def report(results, labels, variants, threads) -> tuple[str, str]:
                     row += [f"failed: {errors[0]}", "", ""]
                     continue
                 steps = rate(s, label, variant)
-                plain = rate(s, label, "plain")
                 p = peak(s, dtype)
                 mfu = f * steps / p if f and p else None
-                row += [fmt(steps, ".2f"), fmt(steps / plain if plain else None, ".2f") + "×",
+                spread = rounds(s, label, variant)
+                cell = fmt(steps, ".2f")
+                if len(spread) > 1:  # half the range of the rounds, relative to the median
+                    cell += f" ±{50 * (max(spread) - min(spread)) / steps:.0f} %"
+                row += [cell, fmt(ratio(s, label, variant, "plain"), ".2f") + "×",
                         fmt(100 * mfu if mfu is not None else None, ".1f") + " %"]
             if present:
                 lines.append("| " + " | ".join(row) + " |")
@@ -628,9 +718,22 @@ def report(results, labels, variants, threads) -> tuple[str, str]:
             if best[0] and plain2:
                 parts.append(f"packed {best[1]} ÷ plain at 2 threads {best[0] / plain2:.2f}×")
             notes.append(f"- {label}: " + ", ".join(parts))
+    gains = [(v, base) for v, base in GAINS if v in variants and base in variants]
+    if gains:
+        notes += ["", "What each setting buys (steps/s ÷ its reference, median over the rounds [lowest, highest]):", ""]
+        for s in threads:
+            for label in labels:
+                parts = []
+                for v, base in gains:
+                    values = ratios(s, label, v, base) if applies(label, v) else None
+                    if values:
+                        parts.append(f"{v} ÷ {base} {statistics.median(values):.2f}× "
+                                     f"[{min(values):.2f}, {max(values):.2f}]")
+                if parts:
+                    notes.append(f"- {label} ({s} thr): " + "; ".join(parts))
     for label in labels:
         for v in (v for v in variants if "compile" in v):
-            c, e = one("1", ("rate", label, v)), one("1", ("rate", label, v.replace("-compile", "")))
+            c, e = one("1", ("rate", label, v)), one("1", ("rate", label, COMPILE_BASE[v]))
             if isinstance(c, dict) and "error" in c:
                 notes.append(f"{label} {v}: {c['error']}")
             elif isinstance(c, dict) and isinstance(e, dict) and "rate" in e:
@@ -640,7 +743,7 @@ def report(results, labels, variants, threads) -> tuple[str, str]:
                 notes.append(f"{label} {v}: first {c['warmup_steps']} steps took {c['warmup_s']:.1f} s "
                              f"(compilation ≈ {extra:.1f} s); pays off after {fmt(breakeven, '.0f')} steps (suite "
                              "budget 1500)")
-    profiles = [(label, v, one("1", ("profile", label, v))) for label in labels for v in ("fit", "fit-bf16")]
+    profiles = [(label, v, one("1", ("profile", label, v))) for label in labels for v in profiled]
     if any(isinstance(p, dict) and "top" in p for _, _, p in profiles):
         notes += ["", "Where the time goes (torch.profiler, 1 thread; self CPU time, optimiser inclusive):", ""]
         for label, v, p in profiles:

@@ -67,6 +67,10 @@ class AdversarialConfig(PerformanceConfig):
     diffaugment_policy: str = pydantic.Field(
         "color,translation,cutout", description="comma-separated DiffAugment policy (the paper's choice for few data)"
     )
+    label_lookup: bool = pydantic.Field(
+        False, description="conditional discriminators: the one-hot label maps' response computed once per class and "
+        "looked up per sample (nets.OneHotMapConv); same values up to rounding"
+    )
 
     @pydantic.field_validator("diffaugment_policy")
     @classmethod
@@ -133,8 +137,10 @@ class AdversarialMethod(GenerativeMethod):
         if self.conditional and num_classes < 1:
             raise ValueError(f"{self.name} is conditional and needs num_classes >= 1, got {num_classes}")
         label_classes = num_classes if self.conditional else 0
-        self.G = Generator(config.z_dim, channels, height, config.width, label_classes, self.generator_norm)
-        self.D = Discriminator(channels, height, config.width, label_classes, self.critic_norm)
+        self.G = Generator(config.z_dim, channels, height, config.width, label_classes, self.generator_norm,
+                           fold_output=config.fold_output)
+        self.D = Discriminator(channels, height, config.width, label_classes, self.critic_norm,
+                               label_lookup=config.label_lookup)
         self.G.to(self.device)
         self.D.to(self.device)
         self.build_modules()

@@ -123,6 +123,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.api import Budget, FewShotTask, FitHooks, GenerativeMethod, LabeledImages, TrialDiverged
+from methods.nets import deconvolve
 from methods.performance import (
     PerformanceConfig, autocast, channels_last_field, fill_contiguous, precision_field, prepare_networks,
     prepare_optimizer,
@@ -347,8 +348,9 @@ class GlicoGenerator(nn.Module):
     → sigmoid (images in [0, 1]); LeakyReLU(0.2) everywhere, no batch norm."""
 
     def __init__(self, code_dim: int, noise_dim: int, channels: int, image_size: int, width: int = 64,
-                 hidden: int = 1024, noise_proj: bool = False) -> None:
+                 hidden: int = 1024, noise_proj: bool = False, fold_output: bool = False) -> None:
         super().__init__()
+        self.fold_output = fold_output  # the last transposed convolution by nets.conv_transpose2d_by_fold
         start, steps = _plan(image_size)
         self.code_dim, self.noise_dim = code_dim, noise_dim
         top = width * 2 ** (steps - 1)
@@ -372,9 +374,10 @@ class GlicoGenerator(nn.Module):
             z = torch.cat([z, noise], 1)
         h = self.act(self.lin_in(z))
         h = self.act(self.lin_im(h)).view(-1, *self.shape)
+        last = len(self.convs) - 1
         for i, conv in enumerate(self.convs):
-            h = conv(h)
-            if i < len(self.convs) - 1:
+            h = deconvolve(conv, h, fold=self.fold_output and i == last)
+            if i < last:
                 h = self.act(h)
         return torch.sigmoid(h)
 
@@ -567,7 +570,8 @@ class GLICO(GenerativeMethod):
                     if c.perceptual == "vgg16" else None)
         # the official generators take ε only with --noise_proj (noise_input = "official")
         self.noise_dim = c.noise_dim if c.noise_input == "concat" or c.noise_proj else 0
-        self.G = GlicoGenerator(c.code_dim, self.noise_dim, channels, height, c.width, c.hidden, c.noise_proj)
+        self.G = GlicoGenerator(c.code_dim, self.noise_dim, channels, height, c.width, c.hidden, c.noise_proj,
+                                c.fold_output)
         self.G.to(self.device)
         prepare_networks([self.G], c)
         # placeholder weights; fit() re-draws them from task.seed

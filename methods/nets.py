@@ -35,6 +35,7 @@ __all__ = [
     "Generator",
     "OneHotMapConv",
     "UpBlock",
+    "conv_transpose2d_by_fold",
     "conv_transpose2d_per_sample",
     "dcgan_init",
     "spatial_plan",
@@ -96,9 +97,37 @@ def _check(name: str, value: int, minimum: int) -> None:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
-def deconvolve(conv: nn.ConvTranspose2d, x: Tensor, weight: Tensor | None = None) -> Tensor:
+def conv_transpose2d_by_fold(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: int = 2,
+                             padding: int = 1) -> Tensor:
+    """``F.conv_transpose2d`` as one matrix product and ``F.fold`` (col2im): the same arithmetic, other kernels.
+
+    A transposed convolution scatters every input pixel's ``C_in``-vector, times the C_in×(C_out·k·k) weight, onto a
+    k×k patch of the output; here the product runs for all pixels at once (``(N·H·W)×C_in`` by ``C_in×(C_out·k·k)``)
+    and ``F.fold`` sums the overlapping patches. For the generator's output layer (``C_out`` = 1 or 3 image channels)
+    oneDNN's deconvolution is a poor fit, a long thin product and a sum are a good one (issue #16: the 1-channel
+    output deconvolution took ~11 % of a CGAN step for 0.5 % of its FLOPs). ``weight`` is C_in×C_out×k×k (shared)
+    or N×C_in×C_out×k×k (one per sample: a batched product). Under bf16 autocast the product runs in bfloat16 and
+    the patch sum in float32 (it is small), so the overlaps are not summed in 8 mantissa bits; the output is
+    float32.
+    """
+    n, c_in, height, width = x.shape
+    k = weight.shape[-1]
+    if weight.dim() not in (4, 5) or weight.shape[-4] != c_in or (weight.dim() == 5 and weight.shape[0] != n):
+        raise ValueError(f"weight must be {c_in}×C_out×k×k or {n}×{c_in}×C_out×k×k, got {tuple(weight.shape)}")
+    pixels = x.flatten(2).transpose(1, 2)  # N×(H·W)×C_in; a view for NCHW and NHWC inputs alike
+    columns = pixels @ weight.flatten(-3)  # N×(H·W)×(C_out·k·k): batched when the weight is per sample
+    size = ((height - 1) * stride - 2 * padding + k, (width - 1) * stride - 2 * padding + k)
+    out = F.fold(columns.transpose(1, 2).float(), size, k, padding=padding, stride=stride)
+    return out if bias is None else out + bias.view(1, -1, 1, 1)
+
+
+def deconvolve(conv: nn.ConvTranspose2d, x: Tensor, weight: Tensor | None = None, fold: bool = False) -> Tensor:
     """``conv(x)``, or the same ×2 transposed convolution with a replacement ``weight``: one weight for the batch
-    (4-D) or one per sample (5-D, e.g. MetaCGAN's hypernetwork output); ``conv``'s bias is kept."""
+    (4-D) or one per sample (5-D, e.g. MetaCGAN's hypernetwork output); ``conv``'s bias is kept. ``fold``: computed
+    by :func:`conv_transpose2d_by_fold` (same values up to rounding)."""
+    if fold:
+        return conv_transpose2d_by_fold(x, conv.weight if weight is None else weight, conv.bias,
+                                        stride=conv.stride[0], padding=conv.padding[0])
     if weight is None:
         return conv(x)
     if weight.dim() == 5:
@@ -150,19 +179,27 @@ class OneHotMapConv(nn.Module):
     """
 
     def __init__(self, num_classes: int, out_channels: int, kernel_size: int = 4, stride: int = 2,
-                 padding: int = 1) -> None:
+                 padding: int = 1, lookup: bool = False) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.stride = stride
         self.padding = padding
+        self.lookup = lookup
         self.weight = nn.Parameter(torch.empty(out_channels, num_classes, kernel_size, kernel_size))
         nn.init.normal_(self.weight, 0.0, 0.02)
 
     def forward(self, labels: Tensor, height: int, width: int) -> Tensor:
+        """The label maps' response, N×C_out×H'×W'. ``lookup``: the ``K`` classes' responses are computed once per
+        call (K one-channel convolutions) and each sample's is looked up, instead of one convolution per sample: the
+        same values up to rounding, K instead of N convolutions (issue #16)."""
+        out_channels, classes, k, _ = self.weight.shape
+        ones = self.weight.new_ones(1, 1, height, width)
+        if self.lookup:
+            kernels = self.weight.transpose(0, 1).reshape(classes * out_channels, 1, k, k)
+            table = F.conv2d(ones, kernels, stride=self.stride, padding=self.padding)
+            return table.view(classes, out_channels, table.shape[-2], table.shape[-1]).index_select(0, labels)
         n = labels.shape[0]
-        out_channels, _, k, _ = self.weight.shape
         kernels = self.weight.index_select(1, labels).transpose(0, 1).reshape(n * out_channels, 1, k, k)
-        ones = kernels.new_ones(1, 1, height, width)
         response = F.conv2d(ones, kernels, stride=self.stride, padding=self.padding)
         return response.view(n, out_channels, response.shape[-2], response.shape[-1])
 
@@ -208,8 +245,9 @@ class Generator(nn.Module):
     """
 
     def __init__(self, z_dim: int, channels: int, image_size: int, width: int = 64, num_classes: int = 0,
-                 norm: GeneratorNorm = "batch") -> None:
+                 norm: GeneratorNorm = "batch", fold_output: bool = False) -> None:
         super().__init__()
+        self.fold_output = fold_output  # to_image by conv_transpose2d_by_fold
         _check("z_dim", z_dim, 1)
         _check("channels", channels, 1)
         _check("width", width, 1)
@@ -251,7 +289,7 @@ class Generator(nn.Module):
         h = self.stem(z, labels)
         for i, block in enumerate(self.blocks):
             h = block(h, weights.get(i))
-        return self.out(deconvolve(self.to_image, h, weights.get(len(self.blocks))))
+        return self.out(deconvolve(self.to_image, h, weights.get(len(self.blocks)), fold=self.fold_output))
 
 
 class Discriminator(nn.Module):
@@ -266,7 +304,7 @@ class Discriminator(nn.Module):
     """
 
     def __init__(self, channels: int, image_size: int, width: int = 64, num_classes: int = 0,
-                 norm: DiscriminatorNorm = "batch", out_features: int = 1) -> None:
+                 norm: DiscriminatorNorm = "batch", out_features: int = 1, label_lookup: bool = False) -> None:
         super().__init__()
         _check("channels", channels, 1)
         _check("width", width, 1)
@@ -281,7 +319,7 @@ class Discriminator(nn.Module):
             DownBlock(channels if i == 0 else widths[i - 1], widths[i], "none" if i == 0 else norm)
             for i in range(steps)
         )
-        self.label_maps = OneHotMapConv(num_classes, width) if num_classes > 0 else None
+        self.label_maps = OneHotMapConv(num_classes, width, lookup=label_lookup) if num_classes > 0 else None
         self.head = nn.Linear(widths[-1] * start * start, out_features)
 
     def features(self, x: Tensor, labels: Tensor | None = None) -> Tensor:

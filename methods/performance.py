@@ -21,6 +21,9 @@ per method entry and every result records them (the method config is part of a t
   penalty (AOTAutograd has no double backward; WGAN-GP's config refuses it). On the 2-core development CPU it did not
   pay: CGAN (width 32, 1 thread) compiled for 15-25 s and then ran 0.8× as fast as without it (bench_training.py);
   meant for GPUs.
+* ``fold_output``: the generator's last transposed convolution (to the 1 or 3 image channels) computed as one matrix
+  product and ``F.fold`` (:func:`methods.nets.conv_transpose2d_by_fold`): oneDNN runs a deconvolution with so few
+  output channels far below its speed on wide layers. Same arithmetic, other summation order.
 * ``fused_optimizer``: optimisers are rebuilt with ``fused=True`` where PyTorch has a fused kernel (Adam, AdamW, SGD),
   else ``foreach=True`` (RMSprop). Fused Adam differs from the default implementation by rounding (about 1e-8 after a
   few steps), so opt-in.
@@ -73,6 +76,10 @@ class PerformanceConfig(pydantic.BaseModel):
     fused_optimizer: bool = pydantic.Field(
         False, description="fused optimiser kernels where PyTorch has them (Adam, AdamW, SGD; else foreach); opt-in: "
         "changes results by rounding"
+    )
+    fold_output: bool = pydantic.Field(
+        False, description="the generator's output layer (the transposed convolution to the image channels) as one "
+        "matrix product and F.fold instead of oneDNN's deconvolution; same values up to rounding"
     )
 
 

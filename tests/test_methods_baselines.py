@@ -18,7 +18,7 @@ from harness.api import Budget, FewShotTask, LabeledImages, NullHooks
 from methods.adversarial import BatchSampler
 from methods.cgan import CGAN
 from methods.dcgan import DCGAN
-from methods.nets import Discriminator, Generator, dcgan_init
+from methods.nets import Discriminator, Generator, OneHotMapConv, dcgan_init
 from methods.wgan import WGAN
 from methods.wgan_gp import WGANGP
 
@@ -80,10 +80,12 @@ def test_conditional_networks_need_labels():
         Generator(8, 1, 28, width=4, num_classes=3)(torch.randn(2, 8))
 
 
-def test_discriminator_label_maps_equal_onehot_concatenation():
-    """The label term is exactly a conv over concatenated one-hot maps (Mirza & Osindero-style conditioning)."""
+@pytest.mark.parametrize("lookup", [False, True])
+def test_discriminator_label_maps_equal_onehot_concatenation(lookup):
+    """The label term is exactly a conv over concatenated one-hot maps (Mirza & Osindero-style conditioning), also
+    computed per class and looked up (``label_lookup``)."""
     torch.manual_seed(0)
-    D = Discriminator(3, 32, width=4, num_classes=6)
+    D = Discriminator(3, 32, width=4, num_classes=6, label_lookup=lookup)
     x, y = torch.randn(5, 3, 32, 32), torch.tensor([0, 5, 2, 2, 1])
     maps = F.one_hot(y, 6).float()[:, :, None, None].expand(-1, -1, 32, 32)
     first = D.blocks[0].conv
@@ -91,6 +93,22 @@ def test_discriminator_label_maps_equal_onehot_concatenation():
     expected = F.conv2d(torch.cat([x, maps], 1), weight, first.bias, stride=2, padding=1)
     got = first(x) + D.label_maps(y, 32, 32)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_label_lookup_gives_the_per_sample_gradients():
+    """The lookup's weight gradient sums the samples of a class, as the per-sample convolution's does."""
+    torch.manual_seed(0)
+    y = torch.tensor([0, 5, 2, 2, 1, 5, 5])
+    grads = []
+    for lookup in (False, True):
+        maps = OneHotMapConv(6, 4, lookup=lookup)
+        with torch.no_grad():
+            maps.weight.copy_(torch.arange(maps.weight.numel(), dtype=torch.float32).view_as(maps.weight) / 100)
+        out = maps(y, 28, 28)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads.append(maps.weight.grad)
+    assert grads[0].abs().sum() > 0 and grads[1][:, 3].abs().sum() == 0  # class 3 absent: no gradient
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-5)
 
 
 def test_generator_label_embedding_equals_onehot_concatenation():

@@ -10,13 +10,14 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from harness.api import Budget, FewShotTask, LabeledImages, NullHooks
 from methods.cgan import CGAN
 from methods.dcgan import DCGAN
 from methods.glico import GLICO
 from methods.metacgan import MetaCGAN
-from methods.nets import Discriminator
+from methods.nets import Discriminator, Generator, conv_transpose2d_by_fold
 from methods.performance import PerformanceConfig, autocast, prepare_optimizer
 from methods.wgan_gp import WGANGP
 
@@ -152,3 +153,63 @@ def test_compile_is_refused_with_the_gradient_penalty():
     with pytest.raises(ValueError, match="double backward"):
         WGANGP.Config(compile=True)
     assert CGAN.Config(compile=True).compile
+
+
+def _deconv_case(per_sample: bool, channels_last: bool):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 6, 7, 7, generator=g, requires_grad=True)
+    shape = (5, 6, 3, 4, 4) if per_sample else (6, 3, 4, 4)
+    weight = torch.randn(*shape, generator=g, requires_grad=True)
+    bias = torch.randn(3, generator=g, requires_grad=True)
+    x_in = x.to(memory_format=torch.channels_last) if channels_last else x
+    return x, x_in, weight, bias
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fold_output_equals_the_transposed_convolution(per_sample, channels_last):
+    """``fold_output``'s product + F.fold against PyTorch's own transposed convolution (a per-sample weight: one
+    call per sample), values and gradients of input, weight and bias."""
+    x, x_in, weight, bias = _deconv_case(per_sample, channels_last)
+    got = conv_transpose2d_by_fold(x_in, weight, bias, stride=2, padding=1)
+    if per_sample:
+        expected = torch.cat([F.conv_transpose2d(x[i:i + 1], weight[i], bias, stride=2, padding=1)
+                              for i in range(len(x))])
+    else:
+        expected = F.conv_transpose2d(x, weight, bias, stride=2, padding=1)
+    assert got.shape == expected.shape == (5, 3, 14, 14)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    upstream = torch.randn(got.shape, generator=torch.Generator().manual_seed(1))
+    grads = [torch.autograd.grad((out * upstream).sum(), (x, weight, bias)) for out in (got, expected)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_fold_output_in_bf16_sums_the_patches_in_float32():
+    x, _, weight, bias = _deconv_case(False, False)
+    with autocast(PerformanceConfig(precision="bf16"), torch.device("cpu")):
+        got = conv_transpose2d_by_fold(x, weight, bias)
+    assert got.dtype == torch.float32
+    expected = F.conv_transpose2d(x, weight, bias, stride=2, padding=1)
+    torch.testing.assert_close(got, expected, atol=0.1, rtol=0.02)  # bfloat16 products, 8 mantissa bits
+
+
+@pytest.mark.parametrize("cls", [CGAN, MetaCGAN, GLICO])
+def test_fold_output_and_label_lookup_train_like_the_default_path(cls):
+    """The same first step as the default formulation, up to rounding: the settings change kernels, not the model
+    (MetaCGAN generates its output layer's weights per sample, GLICO's generator has its own output layer)."""
+    extra = {"label_lookup": True} if cls is not GLICO else {}
+    runs = [fit(make(cls, precision="fp32", channels_last=False, **options), steps=1).records[0][1]
+            for options in ({}, {"fold_output": True, **extra})]
+    assert runs[0].keys() == runs[1].keys()
+    for key in runs[0]:
+        assert math.isclose(runs[0][key], runs[1][key], rel_tol=1e-4, abs_tol=1e-5), (key, runs)
+
+
+def test_fold_output_generator_samples_like_the_default():
+    torch.manual_seed(0)
+    default, folded = Generator(8, 1, 28, width=4, num_classes=3), Generator(8, 1, 28, width=4, num_classes=3,
+                                                                            fold_output=True)
+    folded.load_state_dict(default.state_dict())
+    z, y = torch.randn(6, 8), torch.tensor([0, 1, 2, 0, 1, 2])
+    torch.testing.assert_close(folded.eval()(z, y), default.eval()(z, y), atol=1e-5, rtol=1e-5)
