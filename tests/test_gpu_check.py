@@ -1,5 +1,5 @@
 """benchmarks/gpu_check.py without a GPU: the part runner (selection, budget, failures, the no-CUDA stop) with
-stand-in parts, and one real CPU dry run of every part (slow: the smoke suite, Ray, a few tiny trials)."""
+stand-in parts, and one real CPU dry run of every part (the smoke suite, Ray, a few tiny trials)."""
 
 from __future__ import annotations
 
@@ -109,9 +109,9 @@ def test_agreement_rule():
     assert far["delta"] == pytest.approx(10.0)
 
 
-@pytest.mark.slow
 def test_dry_run_on_cpu_runs_every_part(tmp_path):
-    """The script as a command (a fresh process, as on the device): every part on the CPU at its tiny scale."""
+    """The script as a command (a fresh process, as on the device): every part on the CPU at its tiny scale. Not
+    marked slow (about 85 s) so that CI runs the GPU check's whole path, the one no GPU has run yet."""
     out = tmp_path / "out"
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "PYTHONPATH": path, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
