@@ -268,6 +268,10 @@ PINNED_HASHES = {
     "suites/ablation_seed_methods.yaml": ("be82f541698e", "3e92c57cd553c15d"),
     # the bf16 trial (issue #16); every arm writes out precision and channels_last (the defaults moved on its result)
     "suites/bf16_paired.yaml": ("119a335a004d", "df2762271a8fa2d1"),
+    # the same trial for CGAN, with the slow-spot settings (fold_output, label_lookup, fused Adam) as a third arm
+    "suites/bf16_paired_cgan.yaml": ("ecfc68782cc1", "c67fe2d30eab2b86"),
+    # MetaCGAN's slow-spot settings (fold_output, label_lookup, fused Adam) against its bf16 + channels-last default
+    "suites/fast_paths_metacgan.yaml": ("15600d65dd74", "e734f4f0bc4b6051"),
     "suites/smoke.yaml": ("a3c8ef8fd8e0", "28d1c8564f658d03"),
 }
 
