@@ -52,6 +52,7 @@ import math
 import multiprocessing as mp
 import os
 import platform
+import re
 import shlex
 import statistics
 import sys
@@ -518,18 +519,25 @@ def run_workers(jobs: list[tuple], threads: int, window: float, processes: int =
 # ---- report ----------------------------------------------------------------------------------------------------------
 
 def machine() -> dict[str, str]:
-    cpu = "unknown"
+    """The CPU as the tables name it: model name (a VM may mask it to "AMD EPYC"), so also family/model/stepping,
+    the ISA flags that decide the kernels (and the one torch dispatches to), and oneDNN's version."""
+    fields: dict[str, str] = {}
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    flags = ""
-    with contextlib.suppress(OSError):
-        text = Path("/proc/cpuinfo").read_text()
-        flags = " ".join(f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in text)
-    return {"cpu": cpu, "flags": flags, "cores": str(os.cpu_count()), "torch": torch.__version__,
-            "python": platform.python_version()}
+            if not line.strip():
+                break  # the first processor
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    cpu = fields.get("model name", "unknown")
+    if "cpu family" in fields:
+        cpu += (f" (family {fields['cpu family']}, model {fields.get('model', '?')}, "
+                f"stepping {fields.get('stepping', '?')})")
+    present = set(fields.get("flags", "").split())
+    flags = " ".join(f for f in ("avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile") if f in present)
+    onednn = re.search(r"MKL-DNN v([\d.]+)", torch.__config__.show())
+    return {"cpu": cpu, "flags": f"{flags}; torch ISA {torch.backends.cpu.get_cpu_capability()}"
+            f"{'; oneDNN ' + onednn.group(1) if onednn else ''}", "cores": str(os.cpu_count()),
+            "torch": torch.__version__, "python": platform.python_version()}
 
 
 def load() -> str:
