@@ -95,8 +95,9 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "glico": ("glico", {"base_classifier_steps": 20}),
 }
 # variant -> (loop, speed settings). ``fit`` is the method's defaults (bf16 + channels-last for DCGAN, MetaCGAN and
-# GLICO since the bf16 trial, fp32 for the others); every other ``fit-*`` variant writes out all the settings it
-# runs with, so its meaning does not move with the defaults.
+# GLICO since the bf16 trial, and for CGAN with fold_output, label_lookup and fused Adam since its own; fp32 for the
+# WGANs); every other ``fit-*`` variant is its settings on top of OFF (below), so its meaning does not move with the
+# defaults.
 FP32 = {"precision": "fp32", "channels_last": False}
 BF16_CL = {"precision": "bf16", "channels_last": True}
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -130,6 +131,25 @@ GAINS = [("fit-bf16-cl", "fit-fp32"), ("fit-fp32-fold", "fit-fp32"), ("fit-fp32-
 COMPILE_BASE = {"fit-compile": "fit-fp32", "fit-bf16-compile": "fit-bf16"}  # what each compiled variant is against
 
 
+# every ``fit-*`` variant starts from these, where the method has the field, so that a setting it does not name is off
+# whatever the method's defaults are (CGAN's default, for one, turns fold_output, label_lookup and fused Adam on)
+OFF = {"precision": "fp32", "channels_last": False, "fused_optimizer": False, "fold_output": False,
+       "label_lookup": False, "compile": False}
+
+
+def settings(label: str, variant: str) -> dict[str, Any]:
+    """The config fields ``variant`` builds ``label`` with: nothing for ``fit`` (the method's defaults), else
+    :data:`OFF` overridden by the variant's own settings; ``plain`` is built as ``fit-fp32`` (fp32, NCHW, no fused
+    or reformulated kernels: the textbook loop calls the networks directly)."""
+    loop, options = VARIANTS[variant]
+    if variant == "fit":
+        return {}
+    if loop == "plain":
+        options = VARIANTS["fit-fp32"][1]
+    fields = get_method(METHODS[label][0]).Config.model_fields
+    return {**{key: value for key, value in OFF.items() if key in fields}, **options}
+
+
 def applies(label: str, variant: str) -> bool:
     """Whether ``variant`` is a setting ``label`` has (``label_lookup`` exists for the GAN baselines only, and only
     changes something for the conditional ones)."""
@@ -149,7 +169,7 @@ def precision_of(label: str, variant: str) -> str:
     if loop == "plain":
         return options.get("precision", "fp32")
     name, params = METHODS[label]
-    return get_method(name).Config(**{**params, **options}).precision
+    return get_method(name).Config(**{**params, **settings(label, variant)}).precision
 
 
 # ---- data ------------------------------------------------------------------------------------------------------------
@@ -356,13 +376,10 @@ def plain_updates(m, task: FewShotTask) -> Callable[[int], list[Update]]:
 
 def run_variant(label: str, variant: str, tasks: dict[bool, FewShotTask], clock: Clock) -> None:
     loop, options = VARIANTS[variant]
+    m = build(label, settings(label, variant), tasks[get_method(METHODS[label][0]).conditional])
     if loop == "plain":
-        # fp32, NCHW networks whatever the method's defaults: the textbook loop is the PyTorch example's
-        m = build(label, FP32, tasks[get_method(METHODS[label][0]).conditional])
-        task = tasks[m.conditional]
-        textbook_loop(plain_updates(m, task), clock, bf16=options.get("precision") == "bf16")
+        textbook_loop(plain_updates(m, tasks[m.conditional]), clock, bf16=options.get("precision") == "bf16")
     else:
-        m = build(label, options, tasks[get_method(METHODS[label][0]).conditional])
         run_fit(m, tasks[m.conditional], clock)
 
 

@@ -469,7 +469,7 @@ def part_training(check: Check) -> dict[str, Any]:
 
 
 def _training(check: Check, deadline: float) -> dict[str, Any]:
-    from benchmarks.bench_training import METHODS, VARIANTS, applies, count_flops, make_tasks, precision_of, run_fit
+    from benchmarks.bench_training import METHODS, applies, count_flops, make_tasks, precision_of, run_fit, settings
 
     cpu_tasks = make_tasks()
     tasks = {k: t.to(check.device) for k, t in cpu_tasks.items()}
@@ -512,7 +512,7 @@ def _training(check: Check, deadline: float) -> dict[str, Any]:
         for variant in check.scale.variants:
             if not applies(label, variant):
                 continue
-            options = VARIANTS[variant][1]
+            options = settings(label, variant)
 
             def measure(label=label, options=options) -> dict[str, Any]:
                 m = build_on(label, options, cpu_tasks[True], check.device)
