@@ -52,6 +52,14 @@ class MetaCGANConfig(AdversarialConfig):
     # bf16 + channels-last since defaults version 3: tied with fp32 on 12 (split, seed) pairs (reports/bf16_paired)
     precision: Literal["fp32", "bf16"] = precision_field("bf16")
     channels_last: bool = channels_last_field(True)
+    # since defaults version 4, the slow-spot settings: the generated output layer (per-sample weights) as a batched
+    # product + F.fold, the label maps as a per-class lookup and fused Adam. Against version 3 over 12 (split, seed)
+    # pairs on validation classes, tied on every metric with no collapse in either arm (reports/fast_paths_metacgan);
+    # what they buy per step is in reports/benchmarks.md
+    fused_optimizer: bool = pydantic.Field(
+        True, description=AdversarialConfig.model_fields["fused_optimizer"].description)
+    fold_output: bool = pydantic.Field(True, description=AdversarialConfig.model_fields["fold_output"].description)
+    label_lookup: bool = pydantic.Field(True, description=AdversarialConfig.model_fields["label_lookup"].description)
     latent_dim: int = pydantic.Field(
         64, ge=1, description="size of the encoders' latent code z_j (ours: LEO's 64; the papers do not say)"
     )
@@ -309,7 +317,8 @@ class MetaCGAN(AdversarialMethod):
     name = "metacgan"
     Config = MetaCGANConfig
     default_changes = {2: ("encoder_update",),  # "generator" became the default (was "discriminator")
-                       3: ("precision", "channels_last")}  # bf16 + channels-last became the default (was fp32)
+                       3: ("precision", "channels_last"),  # bf16 + channels-last became the default (was fp32)
+                       4: ("fused_optimizer", "fold_output", "label_lookup")}  # the three became the default (off)
     conditional = True
     description = "MetaCGAN / ML-CGAN (Ma et al. 2020/2021): conditional GAN with a meta-learned generator layer"
 

@@ -23,10 +23,11 @@ per method entry and every result records them (the method config is part of a t
   meant for GPUs.
 * ``fold_output``: the generator's last transposed convolution (to the 1 or 3 image channels) computed as one matrix
   product and ``F.fold`` (:func:`methods.nets.conv_transpose2d_by_fold`): oneDNN runs a deconvolution with so few
-  output channels far below its speed on wide layers. Same arithmetic, other summation order.
+  output channels far below its speed on wide layers. Same arithmetic, other summation order. Off by default here;
+  CGAN's and MetaCGAN's configs turn it (with ``label_lookup`` and ``fused_optimizer``) on after their paired trials.
 * ``fused_optimizer``: optimisers are rebuilt with ``fused=True`` where PyTorch has a fused kernel (Adam, AdamW, SGD),
   else ``foreach=True`` (RMSprop). Fused Adam differs from the default implementation by rounding (about 1e-8 after a
-  few steps), so opt-in.
+  few steps), so off by default except where a method's paired trial turned it on (CGAN, MetaCGAN).
 """
 
 from __future__ import annotations
@@ -74,8 +75,8 @@ class PerformanceConfig(pydantic.BaseModel):
         False, description="torch.compile the networks (TorchInductor); the first steps pay the compilation"
     )
     fused_optimizer: bool = pydantic.Field(
-        False, description="fused optimiser kernels where PyTorch has them (Adam, AdamW, SGD; else foreach); opt-in: "
-        "changes results by rounding"
+        False, description="fused optimiser kernels where PyTorch has them (Adam, AdamW, SGD; else foreach); changes "
+        "results by rounding, so on only where a method's paired trial allowed it"
     )
     fold_output: bool = pydantic.Field(
         False, description="the generator's output layer (the transposed convolution to the image channels) as one "

@@ -69,11 +69,14 @@ def test_config_defaults_descriptions_and_identity():
     assert (c.n_c, c.lr_g, c.lr_d, c.beta1, c.beta2) == (4, 2e-4, 2e-4, 0.5, 0.9)
     assert c.encoder_update == "generator" and c.generated_layer == "last"  # defaults version 2
     assert (c.precision, c.channels_last) == ("bf16", True)  # defaults version 3 (reports/bf16_paired)
-    assert MetaCGAN.defaults_version({}) == 3
-    assert MetaCGAN.defaults_version({"encoder_update": "discriminator"}) == 3
-    assert MetaCGAN.defaults_version({"precision": "fp32", "channels_last": False}) == 2
+    assert (c.fold_output, c.label_lookup, c.fused_optimizer) == (True, True, True)  # version 4 (fast_paths_metacgan)
+    off = {"fold_output": False, "label_lookup": False, "fused_optimizer": False}
+    assert MetaCGAN.defaults_version({}) == 4 and MetaCGAN.defaults_version({"fold_output": False}) == 4
+    assert MetaCGAN.defaults_version(off) == 3
+    assert MetaCGAN.defaults_version({"encoder_update": "discriminator", **off}) == 3
+    assert MetaCGAN.defaults_version({"precision": "fp32", "channels_last": False, **off}) == 2
     assert MetaCGAN.defaults_version({"encoder_update": "discriminator", "precision": "fp32",
-                                      "channels_last": False}) == 1
+                                      "channels_last": False, **off}) == 1
     assert (c.z_dim, c.width, c.diffaugment, c.diffaugment_policy) == (100, 64, False, "color,translation,cutout")
     assert all(f.description for f in MetaCGAN.Config.model_fields.values())
     assert (MetaCGAN.name, MetaCGAN.conditional) == ("metacgan", True) and MetaCGAN.description
