@@ -265,7 +265,8 @@ def test_norms_present_where_configured(generator_norm, discriminator_norm):
 
 def d_update(start: str) -> tuple[list[torch.Tensor], list[torch.Tensor], MetaCGAN]:
     """D's gradient at its first step and the change of D's weights that step made."""
-    method = make(d_optimizer_start=start, lr_d=1e-3, encoder_update="discriminator")  # encoders in D's optimiser (checked below)
+    # encoders in D's optimiser (checked below)
+    method = make(d_optimizer_start=start, lr_d=1e-3, encoder_update="discriminator")
     before = [p.detach().clone() for p in method.D.parameters()]
     seen = record_grads(method)
     method.fit(make_task(), budget(1), NullHooks())
