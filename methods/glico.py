@@ -81,7 +81,9 @@ What this module implements, and where it follows or leaves the official code:
   next ``batch_size`` images of the current permutation (the last batch of an epoch may be smaller), so one of the
   paper's epochs is ``ceil(N / batch_size)`` steps (N = number of codes; ``steps_per_epoch``, by which the harness
   turns ``budget.epochs`` into steps); with a few-shot set smaller than the batch every step is one epoch over all N
-  images. ``sampling = "class_balanced"`` (for ``use_base``) draws a class uniformly, then one of its images, with
+  images, so under ``official`` (fresh optimisers every epoch, as the official loop builds them) every update is
+  Adam's first: lr · g / (|g| + eps) per coordinate, about lr · sign(g), whatever the gradient's size.
+  ``sampling = "class_balanced"`` (for ``use_base``) draws a class uniformly, then one of its images, with
   replacement (an epoch is still ``ceil(N / batch_size)`` steps).
 * **Sampling** (official ``evaluation.calc_output``): for class ``c``, two codes of class ``c`` (distinct when the class
   has at least two; the official partner is drawn from the whole class and may be the code itself),
