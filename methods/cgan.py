@@ -10,7 +10,7 @@ from typing import Literal
 import pydantic
 
 from methods.dcgan import DCGAN, DCGANConfig
-from methods.performance import channels_last_field, precision_field
+from methods.performance import channels_last_field, precision_field, redefault
 
 __all__ = ["CGAN", "CGANConfig"]
 
@@ -28,9 +28,9 @@ class CGANConfig(DCGANConfig):
     # fit time 0.63x fp32's (reports/bf16_paired_cgan).
     precision: Literal["fp32", "bf16"] = precision_field("bf16")
     channels_last: bool = channels_last_field(True)
-    fused_optimizer: bool = pydantic.Field(True, description=DCGANConfig.model_fields["fused_optimizer"].description)
-    fold_output: bool = pydantic.Field(True, description=DCGANConfig.model_fields["fold_output"].description)
-    label_lookup: bool = pydantic.Field(True, description=DCGANConfig.model_fields["label_lookup"].description)
+    fused_optimizer: bool = redefault(DCGANConfig, "fused_optimizer", True)
+    fold_output: bool = redefault(DCGANConfig, "fold_output", True)
+    label_lookup: bool = redefault(DCGANConfig, "label_lookup", True)
     sampling: Literal["pooled", "class_balanced"] = pydantic.Field(
         "pooled",
         description="pooled: images uniformly from base images and novel shots together; class_balanced: a class "

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from harness.api import FewShotTask, LabeledImages
 from methods.adversarial import SAMPLE_CHUNK, AdversarialConfig, AdversarialMethod, BatchSampler, adam
-from methods.performance import channels_last_field, precision_field
+from methods.performance import channels_last_field, precision_field, redefault
 from methods.dcgan import DCGAN
 from methods.nets import Discriminator, dcgan_init
 
@@ -56,10 +56,9 @@ class MetaCGANConfig(AdversarialConfig):
     # product + F.fold, the label maps as a per-class lookup and fused Adam. Against version 3 over 12 (split, seed)
     # pairs on validation classes, tied on every metric with no collapse in either arm (reports/fast_paths_metacgan);
     # what they buy per step is in reports/benchmarks.md
-    fused_optimizer: bool = pydantic.Field(
-        True, description=AdversarialConfig.model_fields["fused_optimizer"].description)
-    fold_output: bool = pydantic.Field(True, description=AdversarialConfig.model_fields["fold_output"].description)
-    label_lookup: bool = pydantic.Field(True, description=AdversarialConfig.model_fields["label_lookup"].description)
+    fused_optimizer: bool = redefault(AdversarialConfig, "fused_optimizer", True)
+    fold_output: bool = redefault(AdversarialConfig, "fold_output", True)
+    label_lookup: bool = redefault(AdversarialConfig, "label_lookup", True)
     latent_dim: int = pydantic.Field(
         64, ge=1, description="size of the encoders' latent code z_j (ours: LEO's 64; the papers do not say)"
     )

@@ -35,14 +35,14 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Callable, Iterable
-from typing import Literal
+from typing import Any, Literal
 
 import pydantic
 import torch
 from torch import nn
 
 __all__ = ["PerformanceConfig", "autocast", "bf16_warning", "channels_last_field", "fill_contiguous", "precision_field",
-           "prepare_networks", "prepare_optimizer"]
+           "prepare_networks", "prepare_optimizer", "redefault"]
 _WARNED: set[str] = set()
 
 
@@ -62,6 +62,12 @@ def channels_last_field(default: bool):
         default, description="NHWC memory format for the networks' 4-D weights and feature maps (oneDNN's preferred "
         "layout); changes results in the last bits"
     )
+
+
+def redefault(config: type[pydantic.BaseModel], name: str, default: Any):
+    """``config``'s field ``name`` with another default and its description kept, for a subclass whose paired trial
+    moved that default (a bare re-annotation would drop the description)."""
+    return pydantic.Field(default, description=config.model_fields[name].description)
 
 
 class PerformanceConfig(pydantic.BaseModel):

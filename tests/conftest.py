@@ -4,6 +4,7 @@ directory, inherited by the CLI subprocesses the tests start, so tests never rea
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 
 _SESSION_DIR = tempfile.mkdtemp(prefix="fewshot-tests-")
@@ -44,8 +45,6 @@ def pytest_sessionfinish(session, exitstatus):
 def pytest_unconfigure(config):
     if os.environ.get("FEWSHOT_TESTS_FULL_TEARDOWN") == "1" or not _session_status:
         return
-    import sys
-
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(_session_status[-1])
