@@ -15,10 +15,11 @@ Per method (28×28 embedded MNIST, batch 64; digits 0-4 base, 5-9 novel with 10 
   epoch), the perceptual features of the real images computed per batch (``fit`` caches them). ``plain-bf16`` is
   the same loop with the forward under bf16 autocast (the textbook way), to show what bf16 alone gives.
 * ``fit``: the method's ``fit`` through the harness interface with its default settings (bf16 + channels-last for
-  DCGAN, MetaCGAN and GLICO since the bf16 trial, fp32 for WGAN-GP and CGAN), and ``fit-*`` with each speed setting of
-  :mod:`methods.performance` written out in full (``fp32``, ``bf16``, ``cl`` = channels-last, ``fused`` optimiser,
-  ``fold`` = the output layer as a product + ``F.fold``, ``lookup`` = the label maps as a per-class lookup,
-  ``compile``), so that a variant's meaning does not move when a default does. A setting a method lacks is skipped.
+  every method here since its paired trial; CGAN and MetaCGAN add fold_output, label_lookup and fused Adam), and
+  ``fit-*`` with each speed setting of :mod:`methods.performance` written out in full (``fp32``, ``bf16``, ``cl`` =
+  channels-last, ``fused`` optimiser, ``fold`` = the output layer as a product + ``F.fold``, ``lookup`` = the label
+  maps as a per-class lookup, ``compile``), so that a variant's meaning does not move when a default does. A setting
+  a method lacks is skipped.
 
 Steps/s: one step is one generator update (with its ``n_critic`` critic updates), GLICO one optimisation step. Each
 configuration runs a few warm-up steps, then a fixed wall-clock window; timestamps are taken after every step
@@ -95,9 +96,9 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "glico": ("glico", {"base_classifier_steps": 20}),
 }
 # variant -> (loop, speed settings). ``fit`` is the method's defaults (bf16 + channels-last for DCGAN, MetaCGAN and
-# GLICO since the bf16 trial, and for CGAN with fold_output, label_lookup and fused Adam since its own; fp32 for the
-# WGANs); every other ``fit-*`` variant is its settings on top of OFF (below), so its meaning does not move with the
-# defaults.
+# GLICO since the bf16 trial, for WGAN-GP since its own, and for CGAN and MetaCGAN with fold_output, label_lookup and
+# fused Adam since theirs; fp32 for WGAN); every other ``fit-*`` variant is its settings on top of OFF (below), so its
+# meaning does not move with the defaults.
 FP32 = {"precision": "fp32", "channels_last": False}
 BF16_CL = {"precision": "bf16", "channels_last": True}
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {

@@ -168,6 +168,20 @@ def test_config_defaults_are_the_papers():
         assert all(f.description for f in cls.Config.model_fields.values()), cls.name
 
 
+def test_speed_defaults_follow_their_paired_trials():
+    """bf16 + channels-last only where a paired trial allowed it: DCGAN (bf16_paired), CGAN (bf16_paired_cgan, with
+    the slow-spot settings) and WGAN-GP (bf16_paired_wgan_gp, defaults version 2); WGAN had no trial and stays fp32.
+    A suite entry that writes out the old settings keeps its trial id (defaults version 1)."""
+    speed = ("precision", "channels_last", "fold_output", "label_lookup", "fused_optimizer")
+    assert [tuple(getattr(cls.Config(), f) for f in speed) for cls in METHODS] == [
+        ("bf16", True, False, False, False), ("fp32", False, False, False, False),
+        ("bf16", True, False, False, False), ("bf16", True, True, True, True)]
+    assert WGANGP.defaults_version({}) == 2 and WGANGP.defaults_version({"precision": "fp32"}) == 2
+    assert WGANGP.defaults_version({"precision": "fp32", "channels_last": False}) == 1
+    assert WGAN.defaults_version({}) == 1
+    assert all(f.description for f in WGANGP.Config.model_fields.values())
+
+
 @pytest.mark.parametrize("cls", METHODS)
 def test_config_rejects_unknown_fields_and_policies(cls):
     with pytest.raises(ValidationError):

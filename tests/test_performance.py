@@ -19,11 +19,13 @@ from methods.glico import GLICO
 from methods.metacgan import MetaCGAN
 from methods.nets import Discriminator, Generator, conv_transpose2d_by_fold
 from methods.performance import PerformanceConfig, autocast, prepare_optimizer
+from methods.wgan import WGAN
 from methods.wgan_gp import WGANGP
 
 NUM_CLASSES = 5
 TINY = {
     DCGAN: {"width": 8, "z_dim": 8},
+    WGAN: {"width": 8, "z_dim": 8},
     WGANGP: {"width": 8, "z_dim": 8},
     CGAN: {"width": 8, "z_dim": 8},
     MetaCGAN: {"width": 8, "z_dim": 8, "latent_dim": 4},
@@ -141,8 +143,9 @@ def test_defaults_leave_the_step_unchanged():
         assert not torch.is_autocast_enabled("cpu")
     states = []
     for _ in range(2):
-        method = make(WGANGP)  # still on PerformanceConfig's defaults (CGAN's moved to bf16 + fused, defaults v2)
-        assert type(method.opt_g) is torch.optim.Adam and method.opt_g.param_groups[0]["fused"] is None
+        method = make(WGAN)  # still on PerformanceConfig's defaults (WGAN-GP's moved to bf16 + channels-last)
+        # WGAN's RMSprop (the paper's) exactly as built, neither fused nor foreach
+        assert type(method.opt_g) is torch.optim.RMSprop and method.opt_g.param_groups[0]["foreach"] is None
         fit(method)
         states.append(method.G.state_dict())
     for (key, a), b in zip(states[0].items(), states[1].values()):

@@ -491,6 +491,21 @@ def test_full_data_references_are_reported_apart_and_copy_shots_is_the_bar_besid
     assert samples[-1][0] == "dcgan-full (reference, full data) (seed 0)"
 
 
+def test_a_run_of_references_only_says_it_has_no_few_shot_methods(tmp_path):
+    """A trial of a reference's settings (suites/bf16_paired_wgan_gp.yaml) has no few-shot entry: the overview says
+    so instead of listing an empty "methods" before the references."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "suite.yaml").write_text(yaml.safe_dump({"name": "references", "methods": [
+        {"name": "dcgan", "label": "dcgan-full", "data": "full"}], "evaluation": {"metrics": ["fid"]}}))
+    for seed in range(2):
+        _write_trial(run_dir, "dcgan-full", 5, seed, {"fid": _value(20.0 + seed, False, metric="fid")},
+                     method="dcgan", data="full")
+    overview = (build_report(run_dir) / "README.md").read_text().split("## ")[1]
+    assert "no few-shot methods; references trained on full data (never ranked): `dcgan-full`" in overview
+    assert "methods ;" not in overview and "methods `" not in overview
+
+
 def test_planned_comparisons_test_only_the_named_pairs(tmp_path):
     """`harness compare`: a method 5 FID worse on every (split, seed) pair is worse beyond the noise; one that differs
     by ±0.1 alternately is tied; Holm corrects over the two named pairs only, not over every pair of the run."""

@@ -238,6 +238,9 @@ def test_shipped_suites_validate(path):
 # its own config (commit 3b13645, one flat DatasetConfig) and checked equal to today's. Run directories are resumed by
 # comparing suite hashes and trial directories are named by trial id: a change here orphans every existing run.
 PINNED_HASHES = {
+    # WGAN-GP defaults version 2 (bf16 + channels-last, reports/bf16_paired_wgan_gp): the trial ids of the bare
+    # wgan_gp entries moved (celeba was 8c3cec6b8b0ac449, fashion 5e12835d1fdcec75, mnist_full ba496683f927fccd;
+    # suite hashes did not); the wgan-gp-full references are ADDED_ENTRIES, out of the trial-id hash.
     # MetaCGAN defaults version 4 (fold_output + label_lookup + fused Adam, reports/fast_paths_metacgan): every bare
     # metacgan entry's trial ids moved (suite hashes did not). The validity suite's two metacgan entries, the seed-
     # methods ablation's six and bf16_paired's three write the three settings out as off (what ran): their suite
@@ -266,10 +269,10 @@ PINNED_HASHES = {
     # the copy/augment baselines and the full-data references joined these four (ADDED_ENTRIES, out of the trial-id
     # hash), and GLICO moved to its official schedule (budget.epochs: 202) with glico-long (and glico-midpoint in the
     # MNIST suites) beside it: the suite hashes and GLICO's trial ids moved, every other trial id did not
-    "suites/fewshot_celeba.yaml": ("4fd1c6d507df", "8c3cec6b8b0ac449"),
-    "suites/fewshot_fashion.yaml": ("7aaeec3f2872", "5e12835d1fdcec75"),
+    "suites/fewshot_celeba.yaml": ("4fd1c6d507df", "9756ec2cc16cfee2"),
+    "suites/fewshot_fashion.yaml": ("7aaeec3f2872", "6fbf5891a22876b9"),
     "suites/fewshot_mnist.yaml": ("e710cbe748b9", "1cfa40a81046d463"),
-    "suites/fewshot_mnist_full.yaml": ("9bd116793b19", "ba496683f927fccd"),
+    "suites/fewshot_mnist_full.yaml": ("9bd116793b19", "c3fb60e091800d8b"),
     # version 1 published as reports/fewshot_mnist_validity with ("21c4adb1d652", "96ea44f10333dc78"), pinned to its
     # defaults as ("b9a2ce29ca22", "8d52353daf72d66b"); version 2 runs every method at the current defaults
     "suites/fewshot_mnist_validity.yaml": ("a9afe7e64623", "74a7b287cfa76c5d"),
@@ -282,6 +285,8 @@ PINNED_HASHES = {
     "suites/bf16_paired_cgan.yaml": ("ecfc68782cc1", "c67fe2d30eab2b86"),
     # MetaCGAN's slow-spot settings (fold_output, label_lookup, fused Adam) against its bf16 + channels-last default
     "suites/fast_paths_metacgan.yaml": ("15600d65dd74", "e734f4f0bc4b6051"),
+    # the same trial for WGAN-GP's full-data reference: fp32 vs bf16 + channels-last
+    "suites/bf16_paired_wgan_gp.yaml": ("5ca646776dfa", "a992e4ac5ca9e2a2"),
     "suites/smoke.yaml": ("a3c8ef8fd8e0", "038d7dcaa7a65054"),
 }
 

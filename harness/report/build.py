@@ -280,11 +280,12 @@ class Report:
         n_failed = len(t) - n_ok - n_stopped
         stopped = f"{n_stopped} stopped early by the sweep's scheduler, " if n_stopped else ""
         seeds = sorted(t.seed.unique().tolist())
+        methods = (f"methods {', '.join(f'`{m}`' for m in self.labels)}" if self.labels else
+                   "no few-shot methods")  # a suite of references only (e.g. a trial of a reference's settings)
         references = (f"; references trained on full data (never ranked): "
                       f"{', '.join(f'`{m}`' for m in self.reference_labels)}" if self.reference_labels else "")
-        lines = [f"{len(t)} trials ({n_ok} ok, {stopped}{n_failed} failed or unfinished): methods "
-                 f"{', '.join(f'`{m}`' for m in self.labels)}{references}; shots {', '.join(map(str, self.shots))}; "
-                 f"seeds {', '.join(map(str, seeds))}."]
+        lines = [f"{len(t)} trials ({n_ok} ok, {stopped}{n_failed} failed or unfinished): {methods}{references}; "
+                 f"shots {', '.join(map(str, self.shots))}; seeds {', '.join(map(str, seeds))}."]
         scored = sorted(set(t.selection.dropna()) - {"none"})
         if "validation" in scored:
             classes = ", ".join(sorted(set(t.loc[t.selection == "validation", "novel_classes"].dropna())))
@@ -535,7 +536,8 @@ class Report:
         for r in self.data.trials.itertuples():
             fit = v[(v.trial_id == r.trial_id) & (v.kind == "time") & (v.key == "fit_s")]
             collapse = verdicts[self.collapsed[r.trial_id]] if r.trial_id in self.collapsed else "–"
-            rows.append(Row(r.name, [Cell(r.trial_id), Cell(r.status), Cell(fmt(fit.value.iloc[0]) if len(fit) else "–"),
+            fit_cell = Cell(fmt(fit.value.iloc[0]) if len(fit) else "–")
+            rows.append(Row(r.name, [Cell(r.trial_id), Cell(r.status), fit_cell,
                                      Cell((r.split_hash or "–")[:12]), Cell(collapse, bold=collapse == "yes")],
                             kind="trial"))
         table = Table("trials", "Trials", ["trial", "id", "status", "fit s", "split", COLLAPSE_COLUMN], rows,
@@ -585,7 +587,8 @@ class Report:
                capsize=4, color="#55a868")
         ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
         ax.set_title("fit time (s)", fontsize=9)
-        return Figure(f"fit-time-{shots}", f"Fit time, {shots} shots", figure_png(fig), "mean over seeds, whiskers: 95 % CI")
+        return Figure(f"fit-time-{shots}", f"Fit time, {shots} shots", figure_png(fig),
+                      "mean over seeds, whiskers: 95 % CI")
 
     def _vs_shots_figure(self, keys: pd.DataFrame) -> Figure | None:
         columns, refs = self._layout(keys)
