@@ -54,7 +54,9 @@ def _slow_smoke(tmp_path: Path) -> Path:
         {"name": "cgan", "params": {"width": 16}, "budget": {"steps": 10}},
         {"name": "cgan", "label": "cgan-long", "params": {"width": 16}, "budget": {"steps": 4000}},
     ]
-    data["budget"]["checkpoint_every"] = 100
+    # Tune keeps the newest 2 checkpoints and snapshots its state every second (below): checkpoints must be seconds
+    # apart for a snapshot to land after one, which 100 steps (< 1 s of a width-16 CGAN on a fast CPU) were not
+    data["budget"]["checkpoint_every"] = 500
     data["resources"] = {"cpu": 2, "gpu": 0}  # one trial at a time: the short one finishes first
     path = tmp_path / "resume.yaml"
     path.write_text(yaml.safe_dump(data))
